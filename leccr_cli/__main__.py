@@ -1,0 +1,3 @@
+from leccr_cli.cli import main
+
+main()

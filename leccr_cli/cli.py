@@ -1,0 +1,35 @@
+"""The `leccr` command line: registers every command; nothing heavy is imported here."""
+
+from __future__ import annotations
+
+import typer
+
+from leccr_cli import __version__
+from leccr_cli.commands import make_app
+from leccr_cli.commands.data import app as data_app
+
+app = make_app(
+    "Cross-lingual cross-modal retrieval (LECCR): describe images with a multimodal LLM, "
+    "translate captions, train, evaluate."
+)
+app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"leccr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """Cross-lingual cross-modal retrieval (LECCR)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (`leccr`)."""
+    app(args=argv, prog_name="leccr")

@@ -1,0 +1,43 @@
+"""Thin command modules: parse options, call the core, print."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from leccr_cli.errors import LeccrError
+
+
+def report_error(error: LeccrError) -> None:
+    """Print a user error as one red line on stderr."""
+    from leccr_cli.console import err_console
+
+    err_console.print(f"[bold red]error:[/] [red]{escape(str(error))}[/]", soft_wrap=True, highlight=False)
+
+
+class LeccrGroup(TyperGroup):
+    """A command group that turns `LeccrError` into one red line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LeccrError as error:
+            if os.environ.get("LECCR_DEBUG", "") not in ("", "0"):
+                raise
+            report_error(error)
+            raise typer.Exit(2) from None
+
+
+def make_app(help_text: str) -> typer.Typer:
+    """A Typer app (or sub-app) with leccr's error handling."""
+    return typer.Typer(
+        cls=LeccrGroup,
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )

@@ -1,0 +1,164 @@
+"""`leccr data ...`: build, import and inspect corpora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from leccr_cli.commands import make_app
+
+app = make_app("Build, import and inspect corpora (DESIGN section 3).")
+
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty.")
+ALLOW_MISSING = typer.Option(
+    False, "--allow-missing-images", help="Import even if listed images are missing on disk (text-only work)."
+)
+
+
+@app.command("synth")
+def synth_command(
+    out: Path = typer.Argument(..., help="Folder to create."),
+    images: int = typer.Option(2000, "--images", help="Number of images (val and test get 12.5% each)."),
+    langs: str = typer.Option("de,fr,cs", "--langs", help="Target languages, comma-separated (de, fr, cs)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same corpus."),
+    image_size: int = typer.Option(64, "--image-size", help="Rendered image side in pixels."),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Generate the embedded synthetic benchmark (rendered shapes, partial captions, descriptions)."""
+    from leccr_cli.console import console, err_console
+    from leccr_cli.data.languages import parse_language_list
+    from leccr_cli.data.synth import build_synthetic
+
+    codes = parse_language_list(langs)
+    with err_console.status(f"Building the synthetic corpus in {out} ..."):
+        report = build_synthetic(out, images=images, langs=codes, seed=seed, image_size=image_size, overwrite=overwrite)
+    split_text = ", ".join(f"{split} {n}" for split, n in report.images.items())
+    console.print(f"[green]Wrote[/] {report.path}: {split_text} images, {report.captions} captions ({', '.join(report.languages)})")
+    for split, share in report.ceiling.items():
+        console.print(
+            f"R@1 ceiling on {split}: {share:.1f}% of captions are consistent with their own scene only "
+            "(the others fit several scenes equally well)"
+        )
+
+
+@app.command("import-multi30k")
+def import_multi30k_command(
+    out: Path = typer.Argument(..., help="Folder to create."),
+    text: Path = typer.Option(..., "--text", help="Multi30K data folder (holds task1/ and task2/)."),
+    images: Path = typer.Option(..., "--images", help="Flickr30K image folder."),
+    task2: bool = typer.Option(True, "--task2/--no-task2", help="Also import task2's five-caption splits."),
+    allow_missing_images: bool = ALLOW_MISSING,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Build a corpus from the public Multi30K text and a Flickr30K image folder."""
+    from leccr_cli.console import err_console
+    from leccr_cli.data.multi30k import import_multi30k
+
+    with err_console.status("Importing Multi30K ..."):
+        corpus, missing = import_multi30k(
+            text, images, out, task2=task2, allow_missing_images=allow_missing_images, overwrite=overwrite
+        )
+    _report_import(corpus, missing)
+
+
+@app.command("import-nrccr")
+def import_nrccr_command(
+    root: Path = typer.Argument(..., help="Collection folder with TextData/ (and FeatureData/ or img_id/)."),
+    out: Path = typer.Argument(..., help="Folder to create."),
+    images: Path | None = typer.Option(None, "--images", help="Image folder (image corpora); files are <image_id>.jpg unless image_ids.txt maps them."),
+    modality: str = typer.Option("image", "--modality", help="image or video."),
+    video_feature: str | None = typer.Option(None, "--video-feature", help="FeatureData/<NAME> BigFile of frame features to convert (video corpora)."),
+    name: str | None = typer.Option(None, "--name", help="Corpus name (default: the folder name)."),
+    allow_missing_images: bool = ALLOW_MISSING,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Convert the NRCCR/LECCR layout (TextData/*.caption.txt, id lists) into a corpus."""
+    from leccr_cli.console import err_console
+    from leccr_cli.data.corpus import MODALITIES
+    from leccr_cli.data.nrccr import import_nrccr
+    from leccr_cli.errors import LeccrError
+
+    if modality not in MODALITIES:
+        raise LeccrError(f"--modality {modality!r} is not supported", f"use one of {', '.join(MODALITIES)}")
+    with err_console.status("Importing the NRCCR layout ..."):
+        corpus, missing = import_nrccr(
+            root,
+            out,
+            images_dir=images,
+            name=name,
+            modality=modality,
+            video_feature=video_feature,
+            allow_missing_images=allow_missing_images,
+            overwrite=overwrite,
+        )
+    _report_import(corpus, missing)
+
+
+def _report_import(corpus, missing: int) -> None:
+    from leccr_cli.console import console, err_console
+
+    counts = {split: len(corpus.image_ids(split)) for split in corpus.splits}
+    console.print(
+        f"[green]Wrote[/] {corpus.path}: "
+        + ", ".join(f"{split} {n}" for split, n in counts.items())
+        + f" images; languages {', '.join(corpus.languages)}; {len(corpus.captions())} captions"
+    )
+    if missing:
+        err_console.print(f"[yellow]warning:[/] {missing} listed images are missing on disk (--allow-missing-images)")
+
+
+@app.command("info")
+def info_command(corpus_path: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder.")) -> None:
+    """Show images, captions per split x language x origin, descriptions and caches."""
+    from rich.table import Table
+
+    from leccr_cli.console import console
+    from leccr_cli.data.corpus import ORIGINS, Corpus
+
+    corpus = Corpus.open(corpus_path)
+    meta = corpus.meta
+    console.print(
+        f"[bold]{meta.name}[/] ({meta.modality}) at {corpus.path}; media root {corpus.media_root}; "
+        f"languages {', '.join(meta.languages)}"
+    )
+    counts = corpus.caption_counts()
+    table = Table(title="Captions")
+    for column in ("split", "images", "lang", *ORIGINS):
+        table.add_column(column, justify="left" if column in ("split", "lang") else "right")
+    for split in meta.splits:
+        langs = [lang for lang in meta.languages if any(counts.get((split, lang, o)) for o in ORIGINS)]
+        for i, lang in enumerate(langs or ["-"]):
+            numbers = [counts.get((split, lang, origin), 0) for origin in ORIGINS]
+            table.add_row(
+                split if i == 0 else "",
+                str(len(corpus.image_ids(split))) if i == 0 else "",
+                lang,
+                *(str(n) if n else "-" for n in numbers),
+                end_section=i == len(langs or ["-"]) - 1,
+            )
+    console.print(table)
+
+    sources = corpus.description_sources()
+    if sources:
+        described = Table(title="Descriptions (images described / images in split)")
+        described.add_column("source")
+        for split in meta.splits:
+            described.add_column(split, justify="right")
+        for source in sources:
+            have = set(corpus.descriptions(source))
+            cells = []
+            for split in meta.splits:
+                ids = corpus.image_ids(split)
+                cells.append(f"{sum(i in have for i in ids)} / {len(ids)}")
+            described.add_row(source, *cells)
+        console.print(described)
+    else:
+        console.print("Descriptions: none yet (write them with `leccr caption`)")
+    caches = corpus.slot_caches()
+    console.print(
+        "Slot caches: " + (", ".join(f"{enc}/{split}" for enc, split in caches) if caches else "none")
+    )
+    videos = corpus.video_feature_sets()
+    if meta.modality == "video" or videos:
+        console.print("Frame features: " + (", ".join(videos) if videos else "none"))

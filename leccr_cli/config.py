@@ -1,0 +1,424 @@
+"""Recipes: the typed schema, YAML loading, `--set a.b=value` overrides and validation.
+
+A recipe is a YAML mapping with the blocks `data`, `model`, `loss`, `optim`, `eval` and
+`train` (plus `name` and `seed`). Every key is checked against the schema below: unknown
+keys, wrong types and out-of-range values are `RecipeError`s that name the file, the
+dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from leccr_cli.errors import RecipeError
+
+
+def _limits(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+def _positive() -> dict:
+    return _limits(1)
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+@dataclass
+class SynthSpec:
+    """How to build the synthetic corpus when `data.corpus` does not exist yet."""
+
+    images: int = field(default=2000, metadata=_limits(30))
+    langs: list[str] = field(default_factory=lambda: ["de", "fr", "cs"])
+    seed: int = 0
+    image_size: int = field(default=64, metadata=_limits(16))
+
+
+@dataclass
+class DataConfig:
+    """Where the corpus is and how captions and images are prepared."""
+
+    corpus: str = ""
+    synth: SynthSpec | None = None
+    source_lang: str = "en"
+    target_langs: list[str] = field(default_factory=list)
+    descriptions: str = "llava"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    max_words: int = field(default=30, metadata=_positive())
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    train_transform: Literal["random_resized_crop", "resize_center_crop"] = "random_resized_crop"
+    crop_scale_min: float = field(default=0.5, metadata=_limits(0.0, 1.0, low_open=True))
+    num_workers: int = field(default=0, metadata=_limits(0))
+    video_features: str | None = None
+
+
+@dataclass
+class VisionConfig:
+    """The CLIP vision tower: a folder or Hub id, or an inline config trained from scratch."""
+
+    name_or_path: str | None = "openai/clip-vit-base-patch32"
+    config: dict[str, Any] | None = None
+    image_size: int = field(default=384, metadata=_limits(16))
+    projection_dim: int = field(default=512, metadata=_positive())
+
+
+@dataclass
+class VideoConfig:
+    """The frame-feature transformer used for video corpora."""
+
+    width: int = field(default=512, metadata=_positive())
+    layers: int = field(default=1, metadata=_positive())
+    heads: int = field(default=8, metadata=_positive())
+    max_frames: int = field(default=64, metadata=_positive())
+
+
+@dataclass
+class TokenizerConfig:
+    """The word-level tokenizer trained on the corpus for from-scratch text encoders."""
+
+    vocab_size: int = field(default=8000, metadata=_limits(16))
+    min_frequency: int = field(default=1, metadata=_positive())
+
+
+@dataclass
+class TextConfig:
+    """The multilingual text encoder: a folder or Hub id, or an inline config."""
+
+    name_or_path: str | None = "bert-base-multilingual-cased"
+    config: dict[str, Any] | None = None
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    max_tokens: int = field(default=64, metadata=_limits(4))
+    description_max_tokens: int = field(default=200, metadata=_limits(4))
+
+
+@dataclass
+class ModelConfig:
+    """The LECCR model and its ablation switches (DESIGN section 4)."""
+
+    variant: Literal["leccr", "baseline"] = "leccr"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    description_encoder: Literal["shared", "frozen"] = "shared"
+    description_encoder_name: str | None = None
+    description_features: Literal["auto", "cache", "live"] = "auto"
+    joint_dim: int = field(default=256, metadata=_positive())
+    num_slots: int = field(default=4, metadata=_positive())
+    slot_layers: int = field(default=3, metadata=_positive())
+    interaction_layers: int = field(default=2, metadata=_positive())
+    heads: int = field(default=8, metadata=_positive())
+    temperature: float = field(default=0.07, metadata=_limits(0.0, 1.0, low_open=True))
+    slots: bool = True
+    interaction: bool = True
+    multi_level_matching: bool = True
+    english_guidance: bool = True
+    description_vision: bool = True
+    slot_diversity: bool = True
+
+
+@dataclass
+class LossConfig:
+    """Loss weights: w_c multi-level matching, w_kl English guidance, w_cv description-vision, w_reg slot diversity."""
+
+    w_c: float = field(default=0.01, metadata=_limits(0.0))
+    w_kl: float = field(default=0.5, metadata=_limits(0.0, 1.0))
+    w_cv: float = field(default=0.01, metadata=_limits(0.0))
+    w_reg: float = field(default=0.01, metadata=_limits(0.0))
+    kl_alpha: float = field(default=0.8, metadata=_limits(0.0, 1.0))
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, the linear warm-up/decay schedule, batch and precision."""
+
+    lr: float = field(default=1e-5, metadata=_limits(0.0, low_open=True))
+    new_layer_lr_scale: float = field(default=2.0, metadata=_limits(0.0, low_open=True))
+    weight_decay: float = field(default=0.01, metadata=_limits(0.0))
+    warmup_ratio: float = field(default=0.1, metadata=_limits(0.0, 1.0))
+    epochs: int = field(default=50, metadata=_positive())
+    max_steps: int | None = field(default=None, metadata=_positive())
+    batch_size: int = field(default=128, metadata=_positive())
+    gradient_accumulation_steps: int = field(default=1, metadata=_positive())
+    max_grad_norm: float | None = field(default=1.0, metadata=_limits(0.0, low_open=True))
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training and the defaults of `leccr evaluate`."""
+
+    every_steps: int | None = field(default=None, metadata=_positive())
+    langs: list[str] = field(default_factory=list)
+    batch_size: int = field(default=128, metadata=_positive())
+    fusion: float | None = field(default=None, metadata=_limits(0.0, 1.0))
+    memory_budget_mb: int = field(default=1024, metadata=_limits(16))
+
+
+@dataclass
+class TrainConfig:
+    """Checkpointing and logging of the training loop."""
+
+    keep_checkpoints: int = field(default=2, metadata=_positive())
+    checkpoint_every_steps: int | None = field(default=None, metadata=_positive())
+    log_every_steps: int = field(default=10, metadata=_positive())
+    log_with: Literal["none", "tensorboard"] = "none"
+
+
+@dataclass
+class Recipe:
+    """A whole recipe."""
+
+    name: str = "leccr"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _range_text(meta: dict) -> str:
+    low, high = meta.get("low"), meta.get("high")
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if meta.get('low_open') else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"<= {high:g}")
+    return " and ".join(parts)
+
+
+class _Checker:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> None:
+        raise RecipeError(f"{self.source}: {key}: {problem}")
+
+    def build(self, cls: type, raw: Any, prefix: str) -> Any:
+        if not isinstance(raw, dict):
+            self.fail(prefix or "(top level)", f"expected a mapping, got {type(raw).__name__} {raw!r}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in raw.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                self.fail(dotted, f"unknown key; {hint}(allowed: {', '.join(fields)})")
+            kwargs[key] = self.convert(hints[key], value, dotted, fields[key].metadata)
+        return cls(**kwargs)
+
+    def convert(self, tp: Any, value: Any, key: str, meta: Any) -> Any:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None:
+                if type(None) in args:
+                    return None
+                self.fail(key, f"expected {_describe(tp)}, got null")
+            inner = [a for a in args if a is not type(None)]
+            return self.convert(inner[0], value, key, meta)
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            if value not in choices:
+                close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                self.fail(key, f"got {value!r}, allowed: {', '.join(map(str, choices))}{hint}")
+            return value
+        if dataclasses.is_dataclass(tp):
+            return self.build(tp, {} if value is None else value, key)
+        if origin is list:
+            (item,) = typing.get_args(tp)
+            if isinstance(value, str) and item is str:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                self.fail(key, f"expected {_describe(tp)}, got {value!r}")
+            return [self.convert(item, v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.fail(key, f"expected a mapping, got {value!r}")
+            return dict(value)
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(key, f"expected true/false, got {value!r}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(key, f"expected an integer, got {value!r}")
+        elif tp is float:
+            if isinstance(value, str):
+                value = _yaml_float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(key, f"expected a number, got {value!r}")
+            value = float(value)
+        elif tp is str:
+            if not isinstance(value, str):
+                self.fail(key, f"expected a string, got {value!r}")
+            return value
+        self.check_range(key, value, meta or {})
+        return value
+
+    def check_range(self, key: str, value: float, meta: dict) -> None:
+        low, high = meta.get("low"), meta.get("high")
+        too_low = low is not None and (value <= low if meta.get("low_open") else value < low)
+        too_high = high is not None and value > high
+        if too_low or too_high:
+            self.fail(key, f"got {value!r}, must be {_range_text(meta)}")
+
+
+def _yaml_float(text: str) -> float | str:
+    """PyYAML reads `1e-5` as a string (YAML 1.1 wants `1.0e-5`); accept it as the number it is."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def recipe_from_dict(raw: Any, source: str = "recipe") -> Recipe:
+    """Validate a raw mapping against the schema; raise `RecipeError` naming `source` and the key."""
+    recipe = _Checker(source).build(Recipe, {} if raw is None else raw, "")
+    _check_consistency(recipe, source)
+    return recipe
+
+
+def _check_consistency(recipe: Recipe, source: str) -> None:
+    from leccr_cli.data.languages import check_language
+
+    data = recipe.data
+    if not data.corpus:
+        raise RecipeError(f"{source}: data.corpus: missing; set it to a corpus folder (see `leccr data --help`)")
+    if not data.target_langs:
+        raise RecipeError(f"{source}: data.target_langs: empty; list the target languages, e.g. [de, fr, cs]")
+    for key, code in [("data.source_lang", data.source_lang)] + [
+        (f"data.target_langs[{i}]", c) for i, c in enumerate(data.target_langs + recipe.eval.langs)
+    ]:
+        try:
+            check_language(code)
+        except Exception as error:
+            raise RecipeError(f"{source}: {key}: {error}") from None
+    if data.source_lang in data.target_langs:
+        raise RecipeError(f"{source}: data.target_langs: contains the source language '{data.source_lang}'")
+    for key, cfg in (("model.vision", recipe.model.vision), ("model.text", recipe.model.text)):
+        if (cfg.name_or_path is None) == (cfg.config is None):
+            raise RecipeError(
+                f"{source}: {key}: set exactly one of name_or_path (a folder or Hub id) "
+                "and config (an inline config trained from scratch)"
+            )
+    if recipe.model.description_features == "cache" and recipe.model.description_encoder != "frozen":
+        raise RecipeError(
+            f"{source}: model.description_features: 'cache' needs model.description_encoder: frozen "
+            "(shared-mode features change while training)"
+        )
+
+
+# -------------------------------------------------------------------- files, overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into (["a", "b", "c"], value parsed as YAML)."""
+    import yaml
+
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=2e-5")
+    key, raw_value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise RecipeError(f"--set {text!r}: the key must be dotted names, e.g. model.num_slots")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of `raw` with each `a.b=value` override applied."""
+    import copy
+
+    merged = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = merged
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {text}: {'.'.join(parts[: depth + 1])} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    """Read a recipe YAML file into a raw mapping (no validation)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path}: no such file", "give the path of a YAML recipe, e.g. recipes/demo.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"recipe {path}:{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(f"recipe {path}: cannot be read ({error})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path}: the top level must be a mapping of blocks (data, model, ...)")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file."""
+    raw = read_recipe_file(path)
+    if not overrides:
+        return recipe_from_dict(raw, str(path))
+    _Checker(str(path)).build(Recipe, raw, "")  # blame the file for its own mistakes
+    return recipe_from_dict(apply_overrides(raw, overrides), f"{path} with --set")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The recipe as plain YAML-ready data."""
+    return dataclasses.asdict(recipe)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe as YAML."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True), encoding="utf-8")

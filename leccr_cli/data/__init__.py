@@ -1,0 +1,1 @@
+"""Corpora: the on-disk layout, importers, the synthetic benchmark."""

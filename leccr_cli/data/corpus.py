@@ -1,0 +1,424 @@
+"""The corpus folder (DESIGN section 3): reading it, and writing it atomically.
+
+```
+CORPUS/
+  corpus.json                 name, modality, languages, splits, media root, version
+  images/                     HF dataset: image_id, split, path (relative to the media root)
+  captions/                   HF dataset: cap_id, image_id, split, lang, origin, text, source, model
+  descriptions/<source>/      HF dataset: image_id, text, model, prompt
+  slots/<encoder>/<split>.safetensors
+  video/<name>.safetensors
+```
+
+`source` is the cap id a translated caption was made from ("" for human captions) and
+`model` the system that wrote it ("" for human captions). Cap ids follow the NRCCR
+convention `<image_id>#<tag>#<n>`; a translation of `X#en#0` into German is `X#en2de#0`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+from leccr_cli.data.languages import ISO_639_1, check_language
+from leccr_cli.errors import CorpusError, LeccrError
+
+CORPUS_VERSION = 1
+MODALITIES = ("image", "video")
+ORIGINS = ("human", "mt", "back")
+CAPTION_COLUMNS = ("cap_id", "image_id", "split", "lang", "origin", "text", "source", "model")
+IMAGE_COLUMNS = ("image_id", "split", "path")
+DESCRIPTION_COLUMNS = ("image_id", "text", "model", "prompt")
+
+
+class Caption(NamedTuple):
+    """One caption row."""
+
+    cap_id: str
+    image_id: str
+    split: str
+    lang: str
+    origin: str
+    text: str
+    source: str = ""
+    model: str = ""
+
+
+class ImageRow(NamedTuple):
+    """One gallery entry: an image (or video) of a split and its path under the media root."""
+
+    image_id: str
+    split: str
+    path: str
+
+
+@dataclass
+class CorpusMeta:
+    """The contents of corpus.json."""
+
+    name: str
+    modality: str
+    languages: list[str]
+    splits: list[str]
+    media_root: str
+    version: int = CORPUS_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, ensure_ascii=False) + "\n"
+
+
+def translated_cap_id(source_cap_id: str, target_lang: str) -> str:
+    """The cap id of the translation of `source_cap_id` into `target_lang` (NRCCR style)."""
+    image_id, tag, number = split_cap_id(source_cap_id)
+    return f"{image_id}#{tag}2{target_lang}#{number}"
+
+
+def split_cap_id(cap_id: str) -> tuple[str, str, str]:
+    """Split `<image_id>#<tag>#<n>` into its three parts; image ids may themselves hold '#'."""
+    parts = cap_id.rsplit("#", 2)
+    if len(parts) != 3 or not all(parts):
+        raise CorpusError(f"cap id {cap_id!r} is not of the form <image_id>#<tag>#<n>")
+    return parts[0], parts[1], parts[2]
+
+
+# ----------------------------------------------------------------- atomic directories
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `target`, on failure it is removed.
+
+    An existing non-empty `target` is refused unless `overwrite` is true.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise CorpusError(f"{target} exists and is not a folder", "choose another output path")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise CorpusError(f"{target} exists and is not empty", "pass --overwrite to replace it, or choose another path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    temporary.mkdir()
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    replace_directory(temporary, target)
+
+
+def replace_directory(source: Path, target: Path) -> None:
+    """Move the finished folder `source` to `target`, replacing what was there."""
+    if target.exists():
+        aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, aside)
+        os.replace(source, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
+def _save_dataset(columns: dict[str, list], folder: Path) -> None:
+    from datasets import Dataset, Features, Value
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    features = Features({name: Value("string") for name in columns})
+    Dataset.from_dict(columns, features=features).save_to_disk(str(folder))
+
+
+def _load_columns(folder: Path, columns: tuple[str, ...], what: str) -> dict[str, list]:
+    from datasets import load_from_disk
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    try:
+        table = load_from_disk(str(folder)).data.table
+    except (FileNotFoundError, OSError, ValueError) as error:
+        raise CorpusError(f"{folder}: cannot read {what} ({error})", "rebuild the corpus or the artifact") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise CorpusError(f"{folder}: {what} lack the columns {', '.join(missing)}", "rebuild the artifact")
+    return {c: table.column(c).to_pylist() for c in columns}
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _validate(images: list[ImageRow], captions: list[Caption], modality: str) -> None:
+    if modality not in MODALITIES:
+        raise CorpusError(f"unknown modality {modality!r}", f"use one of {', '.join(MODALITIES)}")
+    if not images:
+        raise CorpusError("the corpus has no images")
+    gallery: set[tuple[str, str]] = set()
+    for row in images:
+        if not row.image_id or not row.split:
+            raise CorpusError(f"image row {row} has an empty id or split")
+        key = (row.image_id, row.split)
+        if key in gallery:
+            raise CorpusError(f"image {row.image_id!r} is listed twice in split {row.split!r}")
+        gallery.add(key)
+    seen_caps: set[str] = set()
+    for cap in captions:
+        if cap.cap_id in seen_caps:
+            raise CorpusError(f"caption id {cap.cap_id!r} appears twice")
+        seen_caps.add(cap.cap_id)
+        if not cap.text or not cap.text.strip():
+            raise CorpusError(f"caption {cap.cap_id!r} is empty", "remove it from the input or fix the text")
+        if cap.origin not in ORIGINS:
+            raise CorpusError(f"caption {cap.cap_id!r} has origin {cap.origin!r}", f"use one of {', '.join(ORIGINS)}")
+        if cap.lang not in ISO_639_1:
+            try:
+                check_language(cap.lang)
+            except LeccrError as error:
+                raise CorpusError(f"caption {cap.cap_id!r}: {error}") from None
+        if (cap.image_id, cap.split) not in gallery:
+            raise CorpusError(
+                f"caption {cap.cap_id!r} refers to image {cap.image_id!r}, which split {cap.split!r} does not list"
+            )
+
+
+# -------------------------------------------------------------------------- writing
+
+
+def write_corpus(
+    out: str | Path,
+    *,
+    name: str,
+    modality: str,
+    media_root: str,
+    images: Iterable[ImageRow],
+    captions: Iterable[Caption],
+    descriptions: dict[str, list[dict]] | None = None,
+    overwrite: bool = False,
+    fill: callable | None = None,
+) -> "Corpus":
+    """Write a whole corpus atomically and return it opened.
+
+    `fill(folder)` may write extra files (rendered images, video features) into the
+    temporary folder before it is renamed into place.
+    """
+    images = [ImageRow(*row) for row in images]
+    captions = [Caption(*row) for row in captions]
+    _validate(images, captions, modality)
+    out = Path(out)
+    with atomic_directory(out, overwrite=overwrite) as folder:
+        if fill is not None:
+            fill(folder)
+        _save_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
+        _save_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
+        for source, rows in (descriptions or {}).items():
+            _save_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
+        meta = CorpusMeta(
+            name=name,
+            modality=modality,
+            languages=sorted({c.lang for c in captions}),
+            splits=_ordered_splits({r.split for r in images}),
+            media_root=media_root,
+        )
+        (folder / "corpus.json").write_text(meta.to_json(), encoding="utf-8")
+    return Corpus.open(out)
+
+
+def _ordered_splits(splits: Iterable[str]) -> list[str]:
+    order = {"train": 0, "val": 1, "test": 2}
+    return sorted(splits, key=lambda s: (order.get(s, 3), s))
+
+
+# -------------------------------------------------------------------------- reading
+
+
+class Corpus:
+    """An opened corpus folder. Tables are read lazily and cached."""
+
+    def __init__(self, path: Path, meta: CorpusMeta):
+        self.path = path
+        self.meta = meta
+        self._captions: list[Caption] | None = None
+        self._images: list[ImageRow] | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Corpus":
+        """Open CORPUS/; raise `CorpusError` if it is missing or corpus.json is unreadable."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CorpusError(
+                f"corpus {path}: no such folder", "build one with `leccr data synth` or `leccr data import-multi30k`"
+            )
+        meta_file = path / "corpus.json"
+        if not meta_file.is_file():
+            raise CorpusError(f"corpus {path}: corpus.json is missing", "is this a corpus folder made by `leccr data`?")
+        try:
+            raw = json.loads(meta_file.read_text(encoding="utf-8"))
+            meta = CorpusMeta(**raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
+            raise CorpusError(
+                f"corpus {path}: corpus.json is corrupt ({error})", "re-create the corpus with `leccr data`"
+            ) from None
+        if meta.version != CORPUS_VERSION:
+            raise CorpusError(
+                f"corpus {path}: version {meta.version} is not supported (this leccr reads {CORPUS_VERSION})",
+                "re-create the corpus with this version of leccr",
+            )
+        if meta.modality not in MODALITIES:
+            raise CorpusError(f"corpus {path}: corpus.json has modality {meta.modality!r}", "expected image or video")
+        return cls(path, meta)
+
+    # -- basic facts
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def modality(self) -> str:
+        return self.meta.modality
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.meta.languages)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta.splits)
+
+    @property
+    def media_root(self) -> Path:
+        root = Path(self.meta.media_root)
+        return root if root.is_absolute() else self.path / root
+
+    def check_split(self, split: str) -> str:
+        if split not in self.meta.splits:
+            raise CorpusError(
+                f"corpus {self.path} has no split {split!r}", f"available: {', '.join(self.meta.splits)}"
+            )
+        return split
+
+    def check_lang(self, lang: str) -> str:
+        if lang not in self.meta.languages:
+            raise CorpusError(
+                f"corpus {self.path} has no captions in language {lang!r}",
+                f"available: {', '.join(self.meta.languages)}",
+            )
+        return lang
+
+    # -- images
+    def images(self, split: str | None = None) -> list[ImageRow]:
+        """Gallery rows, in stored order, optionally of one split."""
+        if self._images is None:
+            cols = _load_columns(self.path / "images", IMAGE_COLUMNS, "images")
+            self._images = [ImageRow(*row) for row in zip(*(cols[c] for c in IMAGE_COLUMNS))]
+        if split is None:
+            return list(self._images)
+        self.check_split(split)
+        return [row for row in self._images if row.split == split]
+
+    def image_ids(self, split: str) -> list[str]:
+        """Image ids of a split in gallery order."""
+        return [row.image_id for row in self.images(split)]
+
+    def image_path(self, image_id: str) -> Path:
+        """Where the image (or video frame folder) of `image_id` lives."""
+        for row in self.images():
+            if row.image_id == image_id:
+                return self.media_root / row.path
+        raise CorpusError(f"corpus {self.path} has no image {image_id!r}")
+
+    def image_paths(self, split: str) -> dict[str, Path]:
+        """image_id -> path for every image of a split."""
+        root = self.media_root
+        return {row.image_id: root / row.path for row in self.images(split)}
+
+    # -- captions
+    def captions(
+        self, split: str | None = None, lang: str | None = None, origin: str | None = None
+    ) -> list[Caption]:
+        """Caption rows in stored order, filtered by split, language and origin."""
+        if self._captions is None:
+            cols = _load_columns(self.path / "captions", CAPTION_COLUMNS, "captions")
+            self._captions = [Caption(*row) for row in zip(*(cols[c] for c in CAPTION_COLUMNS))]
+        if split is not None:
+            self.check_split(split)
+        if lang is not None:
+            self.check_lang(lang)
+        return [
+            c
+            for c in self._captions
+            if (split is None or c.split == split)
+            and (lang is None or c.lang == lang)
+            and (origin is None or c.origin == origin)
+        ]
+
+    def caption_counts(self) -> Counter:
+        """Counter of (split, lang, origin) -> number of captions."""
+        return Counter((c.split, c.lang, c.origin) for c in self.captions())
+
+    def add_captions(self, rows: Iterable[Caption], replace: bool = False) -> None:
+        """Append caption rows (or replace rows with the same cap id when `replace`) atomically."""
+        new = [Caption(*r) for r in rows]
+        existing = self.captions()
+        if replace:
+            new_ids = {c.cap_id for c in new}
+            existing = [c for c in existing if c.cap_id not in new_ids]
+        merged = existing + new
+        _validate(self.images(), merged, self.modality)
+        with atomic_directory(self.path / "captions", overwrite=True) as folder:
+            shutil.rmtree(folder)
+            _save_dataset({c: [getattr(r, c) for r in merged] for c in CAPTION_COLUMNS}, folder)
+        self._captions = merged
+        self.meta.languages = sorted({c.lang for c in merged})
+        self._write_meta()
+
+    def _write_meta(self) -> None:
+        temporary = self.path / f".corpus.json.{uuid.uuid4().hex[:8]}"
+        temporary.write_text(self.meta.to_json(), encoding="utf-8")
+        os.replace(temporary, self.path / "corpus.json")
+
+    # -- descriptions
+    def description_sources(self) -> list[str]:
+        """Names under descriptions/ (one per MLLM)."""
+        folder = self.path / "descriptions"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def description_rows(self, source: str) -> list[dict]:
+        """All description rows of a source: image_id, text, model, prompt."""
+        folder = self.path / "descriptions" / source
+        if not folder.is_dir():
+            known = ", ".join(self.description_sources()) or "none"
+            raise CorpusError(
+                f"corpus {self.path} has no descriptions from {source!r} (present: {known})",
+                f"write them with `leccr caption {self.path} --mllm ...`",
+            )
+        cols = _load_columns(folder, DESCRIPTION_COLUMNS, "descriptions")
+        return [dict(zip(DESCRIPTION_COLUMNS, row)) for row in zip(*(cols[c] for c in DESCRIPTION_COLUMNS))]
+
+    def descriptions(self, source: str) -> dict[str, str]:
+        """image_id -> description text."""
+        return {row["image_id"]: row["text"] for row in self.description_rows(source)}
+
+    def write_descriptions(self, source: str, rows: list[dict]) -> None:
+        """Replace descriptions/<source>/ atomically."""
+        (self.path / "descriptions").mkdir(exist_ok=True)
+        with atomic_directory(self.path / "descriptions" / source, overwrite=True) as folder:
+            shutil.rmtree(folder)
+            _save_dataset({c: [str(r[c]) for r in rows] for c in DESCRIPTION_COLUMNS}, folder)
+
+    # -- caches
+    def slot_caches(self) -> list[tuple[str, str]]:
+        """(encoder slug, split) of every finished slot cache."""
+        folder = self.path / "slots"
+        if not folder.is_dir():
+            return []
+        return sorted((f.parent.name, f.stem) for f in folder.glob("*/*.safetensors"))
+
+    def video_feature_sets(self) -> list[str]:
+        """Names of the frame-feature files under video/."""
+        folder = self.path / "video"
+        return sorted(f.stem for f in folder.glob("*.safetensors")) if folder.is_dir() else []

@@ -1,0 +1,95 @@
+"""Pre-extracted frame features of video corpora: `video/<name>.safetensors`.
+
+The file holds `features` [total_frames, D] (all videos' frames, concatenated) and
+`offsets` [V + 1] (video v owns rows offsets[v]:offsets[v+1]); the metadata key `ids` is
+the JSON list of video ids in row order. Nothing is padded on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from leccr_cli.errors import CorpusError
+
+
+def write_frame_features(path: str | Path, ids: list[str], frames: list, dtype=None) -> None:
+    """Write one [F_i, D] tensor per video id atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    if len(ids) != len(frames) or not ids:
+        raise CorpusError(f"{path}: {len(ids)} ids for {len(frames)} frame tensors")
+    tensors = [torch.as_tensor(f) for f in frames]
+    dims = {t.shape[-1] for t in tensors}
+    if len(dims) != 1 or any(t.ndim != 2 or t.shape[0] == 0 for t in tensors):
+        raise CorpusError(f"{path}: every video needs a non-empty [frames, dim] tensor of one width")
+    flat = torch.cat(tensors).to(dtype or tensors[0].dtype).contiguous()
+    offsets = torch.zeros(len(tensors) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.tensor([t.shape[0] for t in tensors]), 0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
+    save_file({"features": flat, "offsets": offsets}, str(temporary), metadata={"ids": json.dumps(ids)})
+    os.replace(temporary, path)
+
+
+class FrameFeatures:
+    """Memory-mapped reader of a frame-feature file."""
+
+    def __init__(self, path: str | Path):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CorpusError(f"{self.path}: no such frame-feature file", "import it with `leccr data import-nrccr --video-feature`")
+        self._file = safe_open(str(self.path), framework="pt")
+        self.ids: list[str] = json.loads(self._file.metadata()["ids"])
+        self._row = {video_id: i for i, video_id in enumerate(self.ids)}
+        self._offsets = self._file.get_tensor("offsets").tolist()
+        self._features = self._file.get_slice("features")
+        self.dim = self._features.get_shape()[1]
+
+    def frames(self, video_id: str):
+        """All frame features of one video, [F, D]."""
+        try:
+            row = self._row[video_id]
+        except KeyError:
+            raise CorpusError(f"{self.path}: no features for video {video_id!r}") from None
+        return self._features[self._offsets[row] : self._offsets[row + 1]]
+
+    def batch(self, video_ids: list[str], max_frames: int):
+        """Padded [B, F, D] features and a [B, F] bool mask; longer videos are sampled evenly."""
+        import torch
+
+        clips = []
+        for video_id in video_ids:
+            clip = self.frames(video_id)
+            if clip.shape[0] > max_frames:
+                keep = torch.linspace(0, clip.shape[0] - 1, max_frames).round().long()
+                clip = clip[keep]
+            clips.append(clip)
+        longest = max(c.shape[0] for c in clips)
+        features = clips[0].new_zeros(len(clips), longest, self.dim)
+        mask = torch.zeros(len(clips), longest, dtype=torch.bool)
+        for i, clip in enumerate(clips):
+            features[i, : clip.shape[0]] = clip
+            mask[i, : clip.shape[0]] = True
+        return features, mask
+
+
+def read_bigfile(folder: Path):
+    """Read an NRCCR/dual-encoding BigFile folder: (ids, float32 numpy array [N, D])."""
+    import numpy as np
+
+    try:
+        rows, dim = (int(x) for x in (folder / "shape.txt").read_text().split())
+        ids = (folder / "id.txt").read_text().split()
+        data = np.fromfile(folder / "feature.bin", dtype=np.float32)
+    except (OSError, ValueError) as error:
+        raise CorpusError(f"{folder}: not a readable BigFile feature folder ({error})", "it needs shape.txt, id.txt and feature.bin") from None
+    if len(ids) != rows or data.size != rows * dim:
+        raise CorpusError(f"{folder}: shape.txt says {rows}x{dim} but id.txt has {len(ids)} ids and feature.bin {data.size} floats")
+    return ids, data.reshape(rows, dim)

@@ -1,0 +1,1 @@
+"""The LECCR model: encoders, the slot/interaction module, losses."""

@@ -1,0 +1,184 @@
+"""Tiny random models, built from configs and saved to local folders (nothing downloaded).
+
+Each builder writes a folder that loads with the same `from_pretrained` path users take
+with Hub ids. Benchmarks import these builders too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Words that cover the synthetic corpus, Multi30K-like English and the test prompts.
+BASE_WORDS = (
+    "a an the and of on in at to with is are image shows there shape shapes gray background plain "
+    "one two three small large red green blue yellow purple orange circle square triangle star "
+    "left right top bottom middle corner describe this detail objects colors positions man woman "
+    "dog people street water playing sitting standing wearing shirt two men group young girl boy "
+    "ein eine und links rechts oben unten kreis quadrat dreieck stern roter rotes un une et cercle "
+    "carré étoile rouge gauche droite kruh čtverec hvězda červený vlevo vpravo a "
+).split()
+
+
+def _vocabulary(extra_texts: list[str] | None = None) -> list[str]:
+    import re
+
+    words = list(dict.fromkeys(BASE_WORDS))
+    for text in extra_texts or []:
+        for word in re.findall(r"\w+|[^\w\s]", text.lower()):
+            if word not in words:
+                words.append(word)
+    return words
+
+
+def build_tiny_clip_vision(folder: Path, image_size: int = 32, patch_size: int = 8) -> Path:
+    """A 2-layer CLIP vision tower with a visual projection (CLIPVisionModelWithProjection)."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=24,
+    )
+    CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(folder)
+    return Path(folder)
+
+
+def build_tiny_bert(folder: Path, texts: list[str] | None = None) -> Path:
+    """A 2-layer BERT with a word-level tokenizer over `texts` (plus a base vocabulary)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from leccr_cli.model.tokenizer import build_word_tokenizer
+
+    words = _vocabulary(texts)
+    tokenizer = build_word_tokenizer([" ".join(words)], vocab_size=len(words) + 8)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+def _generation_tokenizer(
+    words: list[str], specials: list[str], bos: str | None, eos: str, pad: str, unk: str, append_eos: bool,
+    padding_side: str = "right",
+):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(list(dict.fromkeys(specials + words)))}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tokenizer.add_special_tokens(specials)
+    if append_eos:
+        tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, vocab[eos])])
+    elif bos:
+        tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    kwargs = {"bos_token": bos} if bos else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=eos, pad_token=pad, unk_token=unk, padding_side=padding_side, **kwargs
+    )
+
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% else %}ASSISTANT: {% for item in message['content'] %}{{ item['text'] }}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+
+
+def build_tiny_llava(folder: Path, image_size: int = 32, patch_size: int = 8) -> Path:
+    """A tiny LLaVA (CLIP vision + 2-layer Llama) with its processor and chat template."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    words = _vocabulary() + ["user", ":", "assistant", "\n", ".", ","]
+    tokenizer = _generation_tokenizer(
+        words, ["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", append_eos=False,
+        padding_side="left",
+    )
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=image_size, patch_size=patch_size, projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    patches = (image_size // patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=image_token_id, image_seq_length=patches,
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
+    return Path(folder)
+
+
+def build_tiny_marian(folder: Path, texts: list[str] | None = None, extra_tokens: list[str] | None = None) -> Path:
+    """A tiny Marian-like seq2seq model with a word-level tokenizer (appends </s>)."""
+    import torch
+    from transformers import MarianConfig, MarianMTModel
+
+    words = _vocabulary(texts)
+    tokenizer = _generation_tokenizer(
+        words, ["<pad>", "</s>", "<unk>"] + list(extra_tokens or []), bos=None, eos="</s>", pad="<pad>", unk="<unk>",
+        append_eos=True,
+    )
+    config = MarianConfig(
+        vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = MarianMTModel(config)
+    model.generation_config.max_length = 40
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
