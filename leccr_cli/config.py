@@ -312,6 +312,11 @@ def recipe_from_dict(raw: Any, source: str = "recipe") -> Recipe:
     return recipe
 
 
+def model_config_from_dict(raw: Any, source: str = "model") -> ModelConfig:
+    """Validate a raw `model` block (e.g. from a saved model's config.json) against the schema."""
+    return _Checker(source).build(ModelConfig, {} if raw is None else raw, "model")
+
+
 def _check_consistency(recipe: Recipe, source: str) -> None:
     from leccr_cli.data.languages import check_language
 

@@ -1,0 +1,277 @@
+"""Build the LECCR model from the recipe's `model` block: pretrained or from-scratch encoders.
+
+Pretrained parts load with `from_pretrained(name_or_path)` (a local folder or a Hub id);
+inline `config` mappings build tiny encoders from scratch, with a word-level tokenizer
+trained on the corpus text (the embedded demo).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from leccr_cli.config import ModelConfig, TextConfig, VisionConfig
+from leccr_cli.errors import ModelError
+from leccr_cli.model.leccr import CLIP_MEAN, CLIP_STD, EncoderParts, LeccrModel, VideoEncoder, uses_descriptions
+
+MODALITIES = ("image", "video")
+
+
+def _drop_pooler(model):
+    # BERT-like encoders carry a pooler LECCR never uses; a parameter without gradient breaks DDP
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load_error(what: str, name: str, error: Exception) -> ModelError:
+    return ModelError(
+        f"{what} {name!r} cannot be loaded: {_first_line(error)}",
+        "give a local model folder or a Hub id (with the Hub reachable)",
+    )
+
+
+# ------------------------------------------------------------------------------ vision
+
+
+def _image_statistics(name_or_path: str) -> tuple[tuple, tuple]:
+    """image_mean/std from the checkpoint's preprocessor_config.json, else the CLIP defaults."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(
+            name_or_path,
+            "preprocessor_config.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    except OSError:
+        path = None
+    if not path:
+        return CLIP_MEAN, CLIP_STD
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    return tuple(raw.get("image_mean", CLIP_MEAN)), tuple(raw.get("image_std", CLIP_STD))
+
+
+def _pretrained_vision(vision: VisionConfig):
+    import torch
+    from transformers import AutoConfig, CLIPVisionModelWithProjection
+
+    name = vision.name_or_path
+    try:
+        found = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise _load_error("vision model", name, error) from None
+    if found.model_type == "clip":  # a full CLIPModel checkpoint: take its vision tower and projection
+        hf_config = found.vision_config
+        hf_config.projection_dim = found.projection_dim
+    elif found.model_type == "clip_vision_model":
+        hf_config = found
+    else:
+        raise ModelError(
+            f"vision model {name!r} is a {found.model_type!r} model, not a CLIP vision model",
+            "set model.vision.name_or_path to a CLIPModel or CLIPVisionModelWithProjection folder or id",
+        )
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(name, config=hf_config, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_error("vision model", name, error) from None
+    mean, std = _image_statistics(name)
+    return model, mean, std
+
+
+def _scratch_vision(vision: VisionConfig):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    for key in ("image_size", "projection_dim"):
+        if key in vision.config:
+            raise ModelError(f"model.vision.config.{key}: set model.vision.{key} instead")
+    hf_config = CLIPVisionConfig(**vision.config, image_size=vision.image_size, projection_dim=vision.projection_dim)
+    return CLIPVisionModelWithProjection(hf_config), CLIP_MEAN, CLIP_STD
+
+
+# ------------------------------------------------------------------------------ text
+
+
+def _pretrained_text(text: TextConfig):
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    name = text.name_or_path
+    try:
+        hf_config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise _load_error("text model", name, error) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError) as error:
+        tokenizer, reason = None, _first_line(error)
+    else:
+        # transformers builds an empty tokenizer (special tokens only) when the files are missing
+        vocabulary = getattr(hf_config, "vocab_size", None) or len(tokenizer)
+        reason = f"it has {len(tokenizer)} tokens for a vocabulary of {vocabulary}"
+    if tokenizer is None or not vocabulary // 2 <= len(tokenizer) <= vocabulary:
+        raise ModelError(
+            f"text model {name!r}: no usable tokenizer ({reason})",
+            "the folder needs the tokenizer files of its model (tokenizer.json or vocab files)",
+        )
+    try:
+        model = AutoModel.from_pretrained(name, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_error("text model", name, error) from None
+    return _drop_pooler(model), tokenizer
+
+
+def _scratch_text(text: TextConfig, tokenizer_texts: Iterable[str] | None):
+    from transformers import AutoConfig, AutoModel
+
+    from leccr_cli.model.tokenizer import build_word_tokenizer
+
+    if tokenizer_texts is None:
+        raise ModelError("model.text.config builds a text encoder from scratch: its tokenizer needs the corpus text (tokenizer_texts)")
+    raw = dict(text.config)
+    if "vocab_size" in raw:
+        raise ModelError("model.text.config.vocab_size: comes from the trained tokenizer; set model.text.tokenizer.vocab_size instead")
+    model_type = raw.pop("model_type", "bert")
+    tokenizer = build_word_tokenizer(
+        tokenizer_texts, vocab_size=text.tokenizer.vocab_size, min_frequency=text.tokenizer.min_frequency
+    )
+    try:
+        hf_config = AutoConfig.for_model(model_type, **raw, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    except ValueError as error:
+        raise ModelError(f"model.text.config.model_type: {error}") from None
+    return _drop_pooler(AutoModel.from_config(hf_config)), tokenizer
+
+
+def _check_text_lengths(text: TextConfig, hf_config) -> None:
+    positions = getattr(hf_config, "max_position_embeddings", None)
+    longest = max(text.max_tokens, text.description_max_tokens)
+    if positions is not None and longest > positions:
+        raise ModelError(
+            f"model.text: max_tokens/description_max_tokens {longest} exceed the text encoder's "
+            f"{positions} positions",
+            "lower them (or give the inline config a larger max_position_embeddings)",
+        )
+
+
+# ------------------------------------------------------------------------------ descriptions
+
+
+def _frozen_description_encoder(config: ModelConfig, text_model, tokenizer):
+    """A frozen deep copy of the text encoder, or `description_encoder_name` with the same vocabulary."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    name = config.description_encoder_name
+    if name is None:
+        return copy.deepcopy(text_model)
+    try:
+        other_tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError):
+        raise ModelError(
+            f"model.description_encoder_name {name!r}: no tokenizer found",
+            "the description encoder must share the text encoder's tokenizer; leave it unset to use a frozen copy",
+        ) from None
+    if other_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ModelError(
+            f"model.description_encoder_name {name!r} uses another vocabulary than the text encoder",
+            "only encoders that share the text encoder's tokenizer are supported; leave it unset to use a frozen copy",
+        )
+    try:
+        return _drop_pooler(AutoModel.from_pretrained(name, dtype=torch.float32))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_error("description encoder", name, error) from None
+
+
+# ------------------------------------------------------------------------------ the factory
+
+
+def _check_heads(heads: int, width: int, key: str, what: str) -> None:
+    if width % heads:
+        raise ModelError(f"{key}={heads} does not divide {what} ({width})", "pick a number of heads that divides it")
+
+
+def build_model(
+    config: ModelConfig,
+    *,
+    modality: str = "image",
+    frame_dim: int | None = None,
+    tokenizer_texts: Iterable[str] | None = None,
+) -> LeccrModel:
+    """Build from the recipe's `model` block.
+
+    Pretrained parts via from_pretrained(name_or_path); inline `config` mappings build encoders
+    from scratch (the text tokenizer is trained on `tokenizer_texts`, required then).
+    `frame_dim` (the width of the pre-extracted frame features) is required for modality='video'.
+    A pretrained CLIP keeps its own projection width; `vision.projection_dim` sizes from-scratch towers.
+    """
+    if modality not in MODALITIES:
+        raise ModelError(f"modality {modality!r}: expected image or video")
+    if config.description_encoder_name is not None and config.description_encoder != "frozen":
+        raise ModelError(
+            "model.description_encoder_name is set but model.description_encoder is 'shared'",
+            "set model.description_encoder: frozen to encode descriptions with another encoder",
+        )
+    if modality == "video" and frame_dim is None:
+        raise ModelError("a video model needs the frame-feature width (frame_dim)", "set data.video_features to a frame-feature file of the corpus")
+
+    if config.text.config is not None:
+        text_model, tokenizer = _scratch_text(config.text, tokenizer_texts)
+    else:
+        text_model, tokenizer = _pretrained_text(config.text)
+    _check_text_lengths(config.text, text_model.config)
+
+    parts = EncoderParts(tokenizer=tokenizer, text=text_model, frame_dim=frame_dim)
+    if modality == "image":
+        if config.vision.config is not None:
+            vision, mean, std = _scratch_vision(config.vision)
+        else:
+            vision, mean, std = _pretrained_vision(config.vision)
+        parts.vision, parts.image_mean, parts.image_std = vision, mean, std
+        parts.interpolate_pos_encoding = vision.config.image_size != config.vision.image_size
+        visual_width, what = vision.config.projection_dim, "the CLIP projection width"
+    else:
+        video = config.video
+        _check_heads(video.heads, video.width, "model.video.heads", "model.video.width")
+        visual_width, what = video.width, "model.video.width"
+        parts.video = VideoEncoder(frame_dim, video.width, video.layers, video.heads, video.max_frames)
+
+    if uses_descriptions(config):
+        _check_heads(config.heads, visual_width, "model.heads", what)
+    if config.description_encoder == "frozen" and uses_descriptions(config):
+        parts.description = _frozen_description_encoder(config, text_model, tokenizer)
+    return LeccrModel(config, parts, modality)
+
+
+def parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any]) -> EncoderParts:
+    """Encoders with the architecture saved in a model folder (weights are loaded afterwards)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        text = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(folder / "text")))
+        parts = EncoderParts(
+            tokenizer=tokenizer,
+            text=text,
+            frame_dim=meta.get("frame_dim"),
+            image_mean=tuple(meta["image_mean"]),
+            image_std=tuple(meta["image_std"]),
+            interpolate_pos_encoding=bool(meta.get("interpolate_pos_encoding", False)),
+        )
+        if meta["modality"] == "image":
+            parts.vision = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(folder / "vision"))
+        else:
+            video = config.video
+            parts.video = VideoEncoder(meta["frame_dim"], video.width, video.layers, video.heads, video.max_frames)
+        if (folder / "description_encoder").is_dir():
+            parts.description = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(folder / "description_encoder")))
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"model {folder}: incomplete or unreadable ({error})", "give the model/ folder of a finished leccr run") from None
+    return parts
