@@ -190,10 +190,10 @@ class Seq2SeqEngine:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # leccr shows its own progress
-
         hint = "give a local model folder, or a Hub id when the Hub is reachable"
-        looks_like_path = model_id.startswith(("/", ".", "~")) or os.sep in model_id.strip("/").replace("/", "", 1)
-        if looks_like_path and not Path(model_id).expanduser().is_dir():
+        # Hub ids are `name` or `owner/name`; anything else names a folder
+        looks_like_path = model_id.startswith(("/", ".")) or model_id.count("/") > 1
+        if looks_like_path and not Path(model_id).is_dir():
             raise ModelError(f"translation model folder {model_id} does not exist", hint)
         try:
             config = AutoConfig.from_pretrained(model_id)

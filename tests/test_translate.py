@@ -366,6 +366,7 @@ def test_cli_translates_and_errors_are_one_line(small_corpus, marian_template, t
     path = _copy(small_corpus, tmp_path)
     runner = CliRunner()
     args = ["translate", str(path), "--to", "de", "--split", "val", "--model", marian_template, "--max-tokens", "12"]
+    assert "translate" in runner.invoke(app, ["--help"]).output
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "val en->de mt" in result.output and "sent/s" in result.output
