@@ -8,6 +8,7 @@ from leccr_cli import __version__
 from leccr_cli.commands import make_app
 from leccr_cli.commands.data import app as data_app
 from leccr_cli.commands.train import train_command
+from leccr_cli.commands.translate import translate_command
 
 app = make_app(
     "Cross-lingual cross-modal retrieval (LECCR): describe images with a multimodal LLM, "
@@ -15,6 +16,7 @@ app = make_app(
 )
 app.add_typer(data_app, name="data")
 app.command("train")(train_command)
+app.command("translate")(translate_command)
 
 
 def _print_version(value: bool) -> None:

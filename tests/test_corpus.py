@@ -53,6 +53,9 @@ def test_add_captions_is_validated_and_persisted(tmp_path):
     assert len(Corpus.open(tmp_path / "c").captions()) == 5
     corpus.add_captions([Caption("a#en2fr#0", "a", "train", "fr", "mt", "Le chien.", "a#en#0", "m")], replace=True)
     assert Corpus.open(tmp_path / "c").captions(lang="fr")[0].text == "Le chien."
+    corpus.add_captions([], remove=["a#en2fr#0", "a#en2de#0"])
+    again = Corpus.open(tmp_path / "c")
+    assert [c.cap_id for c in again.captions()] == ["a#en#0", "b#en#0", "b#de#0"] and again.languages == ["de", "en"]
 
 
 @pytest.mark.parametrize(

@@ -160,8 +160,13 @@ def build_tiny_llava(folder: Path, image_size: int = 32, patch_size: int = 8) ->
     return Path(folder)
 
 
-def build_tiny_marian(folder: Path, texts: list[str] | None = None, extra_tokens: list[str] | None = None) -> Path:
-    """A tiny Marian-like seq2seq model with a word-level tokenizer (appends </s>)."""
+def build_tiny_marian(
+    folder: Path, texts: list[str] | None = None, extra_tokens: list[str] | None = None, init_std: float = 0.02
+) -> Path:
+    """A tiny Marian-like seq2seq model with a word-level tokenizer (appends </s>).
+
+    A larger `init_std` (e.g. 0.3) makes the random model's output depend on its input.
+    """
     import torch
     from transformers import MarianConfig, MarianMTModel
 
@@ -174,11 +179,92 @@ def build_tiny_marian(folder: Path, texts: list[str] | None = None, extra_tokens
         vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id, init_std=init_std,
     )
     torch.manual_seed(0)
     model = MarianMTModel(config)
     model.generation_config.max_length = 40
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+def _tiny_m2m100_model(folder: Path, vocab_size: int, tokenizer, init_std: float) -> None:
+    import torch
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    config = M2M100Config(
+        vocab_size=vocab_size, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id, init_std=init_std,
+    )
+    torch.manual_seed(0)
+    model = M2M100ForConditionalGeneration(config)
+    model.generation_config.max_length = 40
+    model.save_pretrained(folder)
+
+
+def build_tiny_nllb(
+    folder: Path, texts: list[str] | None = None, codes: list[str] | None = None, init_std: float = 0.3
+) -> Path:
+    """A tiny NLLB stand-in: a 1-layer M2M100 model with a real `NllbTokenizer`.
+
+    The tokenizer is a small BPE trained on `texts` (plus the base words) with the FLORES
+    codes `codes` (default: every code leccr maps ISO codes to) as added special tokens, so
+    `tokenizer.src_lang = "eng_Latn"` and the forced target token work as with NLLB-200.
+    """
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import NllbTokenizer
+
+    from leccr_cli.translation import NLLB_CODES
+
+    codes = list(codes) if codes is not None else sorted(set(NLLB_CODES.values()))
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], show_progress=False)
+    bpe.train_from_iterator([" ".join(BASE_WORDS)] + list(texts or []), trainer)
+    state = json.loads(bpe.to_str())["model"]
+    tokenizer = NllbTokenizer(
+        vocab=state["vocab"], merges=[tuple(m) for m in state["merges"]], extra_special_tokens=codes, src_lang=codes[0]
+    )
+    _tiny_m2m100_model(folder, len(tokenizer), tokenizer, init_std)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+def build_tiny_m2m100(folder: Path, texts: list[str] | None = None, init_std: float = 0.3) -> Path:
+    """A tiny M2M100: a 1-layer model with a real `M2M100Tokenizer` over a small SentencePiece model."""
+    import io
+    import json
+    import tempfile
+
+    import sentencepiece
+    from transformers import M2M100Tokenizer
+    from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
+
+    model_file = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([" ".join(BASE_WORDS)] + list(texts or [])), model_writer=model_file,
+        vocab_size=400, model_type="bpe", character_coverage=1.0, minloglevel=2,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        spm_file = Path(scratch) / "sentencepiece.bpe.model"
+        spm_file.write_bytes(model_file.getvalue())
+        processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_file))
+        pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+        vocab = {token: i for i, token in enumerate(dict.fromkeys(["<s>", "<pad>", "</s>", "<unk>"] + pieces))}
+        vocab_file = Path(scratch) / "vocab.json"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        # like the released checkpoints, list the language tokens as special (decoding skips them)
+        codes = FAIRSEQ_LANGUAGE_CODES["m2m100"]
+        tokenizer = M2M100Tokenizer(
+            str(vocab_file), str(spm_file), src_lang="en", additional_special_tokens=[f"__{c}__" for c in codes]
+        )
+        tokenizer.save_pretrained(folder)
+    # language tokens and the "madeup words" follow the SentencePiece vocabulary, as in M2M100
+    vocab_size = tokenizer.encoder_size + len(tokenizer.lang_token_to_id) + tokenizer.num_madeup_words
+    _tiny_m2m100_model(folder, vocab_size, tokenizer, init_std)
     return Path(folder)

@@ -358,13 +358,18 @@ class Corpus:
         """Counter of (split, lang, origin) -> number of captions."""
         return Counter((c.split, c.lang, c.origin) for c in self.captions())
 
-    def add_captions(self, rows: Iterable[Caption], replace: bool = False) -> None:
-        """Append caption rows (or replace rows with the same cap id when `replace`) atomically."""
+    def add_captions(self, rows: Iterable[Caption], replace: bool = False, remove: Iterable[str] = ()) -> None:
+        """Append caption rows (or replace rows with the same cap id when `replace`) atomically.
+
+        Rows whose cap id is in `remove` are dropped in the same rewrite.
+        """
         new = [Caption(*r) for r in rows]
         existing = self.captions()
+        dropped = set(remove)
         if replace:
-            new_ids = {c.cap_id for c in new}
-            existing = [c for c in existing if c.cap_id not in new_ids]
+            dropped |= {c.cap_id for c in new}
+        if dropped:
+            existing = [c for c in existing if c.cap_id not in dropped]
         merged = existing + new
         _validate(self.images(), merged, self.modality)
         with atomic_directory(self.path / "captions", overwrite=True) as folder:
