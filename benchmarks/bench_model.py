@@ -4,10 +4,11 @@ Builds the demo configuration of recipes/demo.yaml (tiny encoders from scratch, 
 trained on a small synthetic corpus) twice: the full LECCR model and the baseline variant
 (no descriptions, no slots, no interaction). Each configuration runs in its own subprocess
 so that its peak memory is its own: peak RSS on the CPU (resource.getrusage), or
-torch.cuda.max_memory_allocated on CUDA. Prints samples/s and peak memory side by side,
-and the ratios.
+torch.cuda.max_memory_allocated on CUDA. The two alternate for `--rounds` rounds and the
+throughput is taken from the median step time over all rounds, which keeps the comparison
+fair on a shared, noisy machine. Prints samples/s and peak memory side by side, and the ratios.
 
-    python benchmarks/bench_model.py [--batch-size 64] [--steps 10] [--warmup 2] [--device cpu]
+    python benchmarks/bench_model.py [--batch-size 64] [--steps 10] [--warmup 2] [--rounds 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,20 +87,20 @@ def worker(variant: str, batch_size: int, steps: int, warmup: int, device_name: 
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    step_times = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        step_times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak_mb, memory = torch.cuda.max_memory_allocated() / 2**20, "CUDA max allocated"
     else:
         peak_mb, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
     return {
         "variant": variant,
-        "samples_per_s": steps * batch_size / elapsed,
-        "seconds_per_step": elapsed / steps,
+        "step_times": step_times,
         "peak_mb": peak_mb,
         "memory": memory,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -118,18 +121,29 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.batch_size, args.steps, args.warmup, args.device)))
         return
 
-    results = {}
-    for variant in VARIANTS:
-        command = [
-            sys.executable, __file__, "--worker", variant, "--batch-size", str(args.batch_size),
-            "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    runs = {variant: [] for variant in VARIANTS}
+    for round_number in range(args.rounds):
+        order = list(VARIANTS) if round_number % 2 == 0 else list(reversed(VARIANTS))
+        for variant in order:
+            command = [
+                sys.executable, __file__, "--worker", variant, "--batch-size", str(args.batch_size),
+                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+            runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
 
+    results = {}
+    for variant, reports in runs.items():
+        step = statistics.median(t for report in reports for t in report["step_times"])
+        results[variant] = {
+            "samples_per_s": args.batch_size / step,
+            "seconds_per_step": step,
+            "peak_mb": max(report["peak_mb"] for report in reports),
+            **{k: reports[0][k] for k in ("memory", "parameters", "threads")},
+        }
     full, base = results["leccr"], results["baseline"]
     print(
-        f"demo model (recipes/demo.yaml), forward+backward, batch {args.batch_size}, "
+        f"demo model (recipes/demo.yaml), forward+backward, batch {args.batch_size}, {args.rounds} rounds of "
         f"{args.steps} steps after {args.warmup} warm-up, device {args.device}, {full['threads']} threads"
     )
     print(f"{'configuration':44} {'params':>9} {'samples/s':>10} {'s/step':>8} {full['memory'] + ' MiB':>22}")
