@@ -22,9 +22,10 @@ import json
 import re
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from leccr_cli.data.corpus import Corpus, read_description_table, write_description_table
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
@@ -177,7 +178,6 @@ def open_describer(
         )
     chosen = select_device(device)
     return HFDescriber(
-        mllm=mllm,
         model_id=model_id,
         backend=backend,
         device=chosen,
@@ -190,8 +190,7 @@ def open_describer(
 class HFDescriber:
     """A Hugging Face image-text-to-text model: batched, left-padded, greedy generation."""
 
-    def __init__(self, *, mllm: str, model_id: str, backend: Backend, device, dtype, max_new_tokens: int, multi_image: bool):
-        self.mllm = mllm
+    def __init__(self, *, model_id: str, backend: Backend, device, dtype, max_new_tokens: int, multi_image: bool):
         self.model_id = model_id
         self.backend = backend
         self.device = device
@@ -351,17 +350,22 @@ def _shard_rows(folder: Path) -> list[dict]:
     return [row for shard in shards for row in read_description_table(shard)]
 
 
-def _prepare_shard_folder(folder: Path, settings: dict, overwrite: bool) -> None:
-    """Check (all processes) that unfinished shards were made with the same settings."""
+def _recorded_settings(folder: Path) -> dict | None:
+    """The settings of the run that left shards in `folder`: None if there is none, {} if unreadable."""
     settings_file = folder / SETTINGS_FILE
     if not settings_file.is_file():
-        return
+        return None
     try:
-        previous = json.loads(settings_file.read_text(encoding="utf-8"))
+        return json.loads(settings_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        previous = None
-    if previous != settings and not overwrite:
-        differing = ", ".join(k for k in settings if not previous or previous.get(k) != settings[k]) or "all"
+        return {}
+
+
+def _check_shard_settings(folder: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to mix in unfinished shards made with other settings, unless they are to be discarded."""
+    previous = _recorded_settings(folder)
+    if previous is not None and previous != settings and not overwrite:
+        differing = ", ".join(k for k in settings if previous.get(k) != settings[k])
         raise LeccrError(
             f"{folder} holds unfinished descriptions made with other settings ({differing} differ)",
             "rerun with the same settings to finish them, or pass --overwrite to discard them",
@@ -370,14 +374,9 @@ def _prepare_shard_folder(folder: Path, settings: dict, overwrite: bool) -> None
 
 def _reset_shard_folder(folder: Path, settings: dict) -> None:
     """(Main process) discard shards of other settings and leftovers of killed writes; record the settings."""
-    settings_file = folder / SETTINGS_FILE
-    if settings_file.is_file():
-        try:
-            same = json.loads(settings_file.read_text(encoding="utf-8")) == settings
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            shutil.rmtree(folder)
+    previous = _recorded_settings(folder)
+    if previous is not None and previous != settings:
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for leftover in folder.glob(".*"):  # half-written shards of a killed run
         if leftover.is_dir():
@@ -386,7 +385,7 @@ def _reset_shard_folder(folder: Path, settings: dict) -> None:
             leftover.unlink()
     temporary = folder / f".{SETTINGS_FILE}.{uuid.uuid4().hex[:8]}"
     temporary.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    temporary.replace(settings_file)
+    temporary.replace(folder / SETTINGS_FILE)
 
 
 def _check_final(rows: list[dict], folder: Path, model_id: str, prompt: str) -> None:
@@ -397,6 +396,53 @@ def _check_final(rows: list[dict], folder: Path, model_id: str, prompt: str) -> 
             f"{folder} holds descriptions made with {what} ({other['model']})",
             "pass --overwrite to replace them, or --name to write another description source",
         )
+
+
+def _describe_share(
+    image_ids: list[str],
+    gallery: dict[str, Path],
+    describer: Describer,
+    prompt: str,
+    frames: int | None,
+    batch_size: int,
+    on_error: str,
+    *,
+    write,
+    shard_size: int,
+    advance,
+) -> tuple[int, list[FailedImage]]:
+    """Describe `image_ids` batch by batch; `write(rows)` every `shard_size` rows, and when stopped."""
+    failed: list[FailedImage] = []
+    described = 0
+    pending: list[dict] = []
+    try:
+        for start in range(0, len(image_ids), batch_size):
+            batch, pictures = [], []
+            for image_id in image_ids[start : start + batch_size]:
+                try:
+                    pictures.append(load_pictures(gallery[image_id], frames))
+                    batch.append(image_id)
+                except ValueError as error:
+                    if on_error == "stop":
+                        raise CorpusError(
+                            f"image {image_id!r} at {gallery[image_id]}: cannot read it ({error})",
+                            "fix or remove the file, or pass --on-error skip; a rerun resumes",
+                        ) from None
+                    failed.append(FailedImage(image_id, str(gallery[image_id]), str(error)))
+            if batch:
+                texts = describer.describe(pictures, prompt)
+                pending.extend(
+                    {"image_id": i, "text": t, "model": describer.model_id, "prompt": prompt} for i, t in zip(batch, texts)
+                )
+                described += len(batch)
+            if len(pending) >= shard_size:
+                write(pending)
+                pending = []
+            advance(len(image_ids[start : start + batch_size]))
+    finally:
+        if pending:  # what is described is kept, also when the run stops
+            write(pending)
+    return described, failed
 
 
 def caption_corpus(
@@ -455,7 +501,7 @@ def caption_corpus(
     final = corpus.path / "descriptions" / source
     shards = shard_folder(corpus, source)
     settings = {"model": describer.model_id, "prompt": prompt, "frames": frames, "max_new_tokens": describer.max_new_tokens}
-    _prepare_shard_folder(shards, settings, overwrite)
+    _check_shard_settings(shards, settings, overwrite)
     kept = [] if overwrite or not final.is_dir() else read_description_table(final)
     _check_final(kept, final, describer.model_id, prompt)
     state.wait_for_everyone()
@@ -467,45 +513,15 @@ def caption_corpus(
     already = sum(image_id in done for image_id in chosen)
     state.wait_for_everyone()  # nobody writes a shard before every process has read the done set
 
-    failed: list[FailedImage] = []
-    described = 0
     with state.split_between_processes(todo) as mine:
-        pending: list[dict] = []
-
-        def flush() -> None:
-            if pending:
-                write_description_table(shards / f"shard-{uuid.uuid4().hex[:16]}", pending)
-                pending.clear()
-
         bar = progress(RateColumn("images"), disable=not (show_progress and state.is_main_process))
-        try:
-            with bar:
-                task = bar.add_task(f"Describing ({source})", total=len(mine))
-                for start in range(0, len(mine), batch_size):
-                    batch, pictures = [], []
-                    for image_id in mine[start : start + batch_size]:
-                        try:
-                            pictures.append(load_pictures(gallery[image_id], frames))
-                            batch.append(image_id)
-                        except ValueError as error:
-                            if on_error == "stop":
-                                raise CorpusError(
-                                    f"image {image_id!r} at {gallery[image_id]}: cannot read it ({error})",
-                                    "fix or remove the file, or pass --on-error skip; a rerun resumes",
-                                ) from None
-                            failed.append(FailedImage(image_id, str(gallery[image_id]), str(error)))
-                    if batch:
-                        texts = describer.describe(pictures, prompt)
-                        pending.extend(
-                            {"image_id": i, "text": t, "model": describer.model_id, "prompt": prompt}
-                            for i, t in zip(batch, texts)
-                        )
-                        described += len(batch)
-                    if len(pending) >= shard_size:
-                        flush()
-                    bar.advance(task, len(mine[start : start + batch_size]))
-        finally:
-            flush()  # what is described is kept, also when the run stops
+        with bar:
+            task = bar.add_task(f"Describing ({source})", total=len(mine))
+            described, failed = _describe_share(
+                mine, gallery, describer, prompt, frames, batch_size, on_error,
+                write=lambda rows: write_description_table(shards / f"shard-{uuid.uuid4().hex[:16]}", rows),
+                shard_size=shard_size, advance=lambda n: bar.advance(task, n),
+            )
 
     failed = [f for part in gather_object([failed]) for f in part]
     described = sum(gather_object([described]))

@@ -52,16 +52,16 @@ def reference(base_corpus, llava, tmp_path_factory):
     return corpus.description_rows("llava")
 
 
-class Interrupting:
-    """Wraps a describer; raises `error` on the `at`-th batch (a Ctrl-C or a crash mid-run)."""
+class Watched:
+    """Wraps a describer and counts its work; raises `error` on batch number `stop_at` (a Ctrl-C or a crash)."""
 
-    def __init__(self, inner, at, error=KeyboardInterrupt):
-        self.inner, self.at, self.error, self.calls, self.images = inner, at, error, 0, 0
+    def __init__(self, inner, stop_at=None, error=KeyboardInterrupt):
+        self.inner, self.stop_at, self.error, self.calls, self.images = inner, stop_at, error, 0, 0
         self.model_id, self.multi_image, self.max_new_tokens = inner.model_id, inner.multi_image, inner.max_new_tokens
 
     def describe(self, images, prompt):
         self.calls += 1
-        if self.calls == self.at:
+        if self.calls == self.stop_at:
             raise self.error()
         self.images += len(images)
         return self.inner.describe(images, prompt)
@@ -96,7 +96,7 @@ def test_batch_sizes_give_the_same_greedy_text(corpus, llava, reference):
 
 
 def test_interrupted_run_resumes_to_the_same_dataset(corpus, llava, reference):
-    interrupted = Interrupting(llava, at=4)
+    interrupted = Watched(llava, stop_at=4)
     with pytest.raises(KeyboardInterrupt):
         caption_corpus(corpus, interrupted, source="llava", splits=["train"], batch_size=2, shard_size=4, show_progress=False)
     shards = shard_folder(corpus, "llava")
@@ -108,7 +108,7 @@ def test_interrupted_run_resumes_to_the_same_dataset(corpus, llava, reference):
     (shards / ".shard-killed.partial-0000").mkdir()
     (shards / ".shard-killed.partial-0000" / "data-00000-of-00001.arrow").write_bytes(b"half")
 
-    resumed = Interrupting(llava, at=0)
+    resumed = Watched(llava)
     report = caption_corpus(corpus, resumed, source="llava", splits=["train"], batch_size=3, show_progress=False)
     assert (report.already, report.described, report.rows) == (6, 4, 10)
     assert resumed.images == 4
@@ -119,7 +119,7 @@ def test_interrupted_run_resumes_to_the_same_dataset(corpus, llava, reference):
 def test_crash_then_rerun_and_limit(corpus, llava, reference):
     with pytest.raises(RuntimeError):
         caption_corpus(
-            corpus, Interrupting(llava, at=2, error=RuntimeError), source="llava", splits=["train"], batch_size=3,
+            corpus, Watched(llava, stop_at=2, error=RuntimeError), source="llava", splits=["train"], batch_size=3,
             shard_size=1, show_progress=False,
         )
     report = caption_corpus(corpus, llava, source="llava", splits=["train"], limit=2, show_progress=False)
@@ -132,7 +132,7 @@ def test_crash_then_rerun_and_limit(corpus, llava, reference):
 
 def test_rerun_on_a_finished_dataset(corpus, llava, reference):
     caption_corpus(corpus, llava, source="llava", splits=["train"], show_progress=False)
-    counting = Interrupting(llava, at=0)
+    counting = Watched(llava)
     report = caption_corpus(corpus, counting, source="llava", splits=["train"], show_progress=False)
     assert (report.already, report.described, counting.calls) == (10, 0, 0)
     assert corpus.description_rows("llava") == reference
@@ -158,7 +158,7 @@ def test_rerun_on_a_finished_dataset(corpus, llava, reference):
 
 def test_unfinished_shards_of_other_settings_are_refused(corpus, llava):
     with pytest.raises(KeyboardInterrupt):
-        caption_corpus(corpus, Interrupting(llava, at=2), source="llava", splits=["train"], shard_size=1, batch_size=2,
+        caption_corpus(corpus, Watched(llava, stop_at=2), source="llava", splits=["train"], shard_size=1, batch_size=2,
                        show_progress=False)
     with pytest.raises(LeccrError, match=r"unfinished descriptions made with other settings \(prompt differ\)"):
         caption_corpus(corpus, llava, source="llava", prompt="describe the shapes", show_progress=False)
@@ -180,7 +180,7 @@ def test_unreadable_image_stops_or_is_skipped(corpus, llava, reference, monkeypa
     result = runner.invoke(app, ["caption", str(corpus.path), "--model", str(llava.model_id), "--split", "train",
                                  "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu", "--on-error", "skip"])
     assert result.exit_code == 0, result.output
-    assert "1 images could not be read" in result.output and bad_id in result.output
+    assert "skipped 1 unreadable image" in result.output and bad_id in result.output
     rows = Corpus.open(corpus.path).description_rows("llava")
     assert [r["image_id"] for r in rows] == [i for i in corpus.image_ids("train") if i != bad_id]
 

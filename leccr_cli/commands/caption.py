@@ -83,7 +83,8 @@ def caption_command(
         f"by {escape(describer.model_id)}"
     )
     if report.failed:
-        err_console.print(f"[yellow]warning:[/] {len(report.failed)} images could not be read and were skipped:")
+        count = len(report.failed)
+        err_console.print(f"[yellow]warning:[/] skipped {count} unreadable image{'s' if count > 1 else ''} (rerun to retry):")
         for failure in report.failed:
             err_console.print(f"  {escape(failure.image_id)}  {escape(failure.path)}  ({escape(failure.reason)})", highlight=False)
     left = report.missing - len(report.failed)
