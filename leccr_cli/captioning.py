@@ -502,7 +502,7 @@ def caption_corpus(
     shards = shard_folder(corpus, source)
     settings = {"model": describer.model_id, "prompt": prompt, "frames": frames, "max_new_tokens": describer.max_new_tokens}
     _check_shard_settings(shards, settings, overwrite)
-    kept = [] if overwrite or not final.is_dir() else read_description_table(final)
+    kept = [] if overwrite or not final.is_dir() else corpus.description_rows(source)
     _check_final(kept, final, describer.model_id, prompt)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -533,8 +533,9 @@ def caption_corpus(
             merged.update((row["image_id"], row) for row in new_rows)
             order = {image_id: i for i, image_id in enumerate(gallery)}
             rows = sorted(merged.values(), key=lambda r: order.get(r["image_id"], len(order)))
-            write_description_table(final, rows)
+            if rows:  # every image failed: nothing to write (an empty dataset cannot be read back)
+                corpus.write_descriptions(source, rows)
         shutil.rmtree(shards)
     state.wait_for_everyone()
-    rows_written = len(read_description_table(final))
+    rows_written = len(corpus.description_rows(source)) if final.is_dir() else 0
     return CaptionReport(final, len(chosen), already, described, rows_written, failed)

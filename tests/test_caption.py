@@ -45,6 +45,13 @@ def llava(tiny_llava_dir):
 
 
 @pytest.fixture(scope="module")
+def tiny_llava_next_dir(tmp_path_factory):
+    from tiny_models import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava-next"))
+
+
+@pytest.fixture(scope="module")
 def reference(base_corpus, llava, tmp_path_factory):
     """The train descriptions of an uninterrupted run at batch size 1."""
     corpus = Corpus.open(shutil.copytree(base_corpus, tmp_path_factory.mktemp("reference") / "corpus"))
@@ -206,7 +213,8 @@ def test_auto_backend_and_the_llava_prompt_without_a_chat_template(tiny_llava_di
         open_describer("auto", str(bare), device="cpu").load()
 
 
-def test_real_photographs(tmp_path, llava):
+def _photo_corpus(tmp_path) -> Corpus:
+    """Six real photographs of different shapes and modes (scikit-image's sample data)."""
     skimage_data = pytest.importorskip("skimage.data")
     photos = {
         "astronaut": skimage_data.astronaut(),  # 512x512 RGB
@@ -224,16 +232,37 @@ def test_real_photographs(tmp_path, llava):
         Image.fromarray(array).save(media / f"{name}{suffix}")
         rows.append(ImageRow(name, "test", f"{name}{suffix}"))
     captions = [Caption(f"{r.image_id}#en#0", r.image_id, "test", "en", "human", "a photo") for r in rows]
-    corpus = write_corpus(tmp_path / "c", name="photos", modality="image", media_root=str(media), images=rows, captions=captions)
-    # with a short prompt the random model's text depends on the photograph (the long default
-    # prompt drowns the 16 image tokens), so this also checks that each text lands on its image
-    short = "describe"
-    report = caption_corpus(corpus, llava, source="one", prompt=short, batch_size=1, show_progress=False)
+    return write_corpus(tmp_path / "c", name="photos", modality="image", media_root=str(media), images=rows, captions=captions)
+
+
+# With a short prompt the random models' text depends on the photograph (the long default prompt
+# drowns the image tokens), so these tests also check that each text lands on its own image.
+SHORT_PROMPT = "describe"
+
+
+def test_real_photographs(tmp_path, llava):
+    corpus = _photo_corpus(tmp_path)
+    report = caption_corpus(corpus, llava, source="one", prompt=SHORT_PROMPT, batch_size=1, show_progress=False)
     assert (report.described, report.rows, report.failed) == (6, 6, [])
-    caption_corpus(corpus, llava, source="four", prompt=short, batch_size=4, show_progress=False)
+    caption_corpus(corpus, llava, source="four", prompt=SHORT_PROMPT, batch_size=4, show_progress=False)
     one, four = corpus.description_rows("one"), corpus.description_rows("four")
-    assert [r["image_id"] for r in four] == list(photos)
+    assert [r["image_id"] for r in four] == ["astronaut", "camera", "coffee", "chelsea", "rocket", "logo"]
     assert len({r["text"] for r in one}) >= 5
+    assert [r["text"] for r in four] == [r["text"] for r in one]
+
+
+def test_llava_next_pads_images_of_different_token_counts(tmp_path, tiny_llava_next_dir):
+    corpus = _photo_corpus(tmp_path)
+    describer = open_describer("llava-next", str(tiny_llava_next_dir), device="cpu", max_new_tokens=NEW_TOKENS)
+    describer.load()
+    texts = [describer.format_prompt(SHORT_PROMPT, 1)] * 6
+    pictures = [Image.open(p).convert("RGB") for p in corpus.image_paths("test").values()]
+    lengths = describer.processor(images=pictures, text=texts, return_tensors="pt", padding=True)["attention_mask"].sum(1)
+    assert len(set(lengths.tolist())) > 1  # square, tall and wide photographs: the batch needs padding
+    caption_corpus(corpus, describer, source="one", prompt=SHORT_PROMPT, batch_size=1, show_progress=False)
+    caption_corpus(corpus, describer, source="four", prompt=SHORT_PROMPT, batch_size=4, show_progress=False)
+    one, four = corpus.description_rows("one"), corpus.description_rows("four")
+    assert len({r["text"] for r in one}) >= 4
     assert [r["text"] for r in four] == [r["text"] for r in one]
 
 
@@ -287,6 +316,29 @@ def test_video_frames_in_one_prompt_or_the_middle_frame(tmp_path):
     assert {r["prompt"] for r in rows} == {DEFAULT_IMAGE_PROMPT}
 
 
+def test_videos_without_frame_images(tmp_path):
+    corpus = _video_corpus(tmp_path)
+    shutil.rmtree(corpus.media_root / "v2")
+    for frame in (corpus.media_root / "v4").iterdir():
+        frame.unlink()
+    with pytest.raises(CorpusError, match=r"image 'v2' at \S+/v2: cannot read it \(not a folder of frame images"):
+        caption_corpus(corpus, FrameRecorder(multi_image=True), source="multi", show_progress=False)
+    report = caption_corpus(corpus, FrameRecorder(multi_image=True), source="multi", on_error="skip", show_progress=False)
+    assert [(f.image_id, f.reason) for f in report.failed] == [
+        ("v2", "not a folder of frame images (no such folder)"),
+        ("v4", "the folder holds no frame images"),
+    ]
+    assert (report.rows, report.missing) == (2, 2)
+
+    # when nothing at all can be read, no (empty) dataset is written
+    shutil.rmtree(corpus.media_root / "v1")
+    shutil.rmtree(corpus.media_root / "v3")
+    report = caption_corpus(corpus, FrameRecorder(multi_image=True), source="none", on_error="skip", show_progress=False)
+    assert (len(report.failed), report.rows) == (4, 0)
+    assert corpus.description_sources() == ["multi"]
+    assert not shard_folder(corpus, "none").exists()
+
+
 def test_video_batches_with_padding_give_the_same_text(tmp_path, llava):
     corpus = _video_corpus(tmp_path)
     caption_corpus(corpus, llava, source="one", frames=3, batch_size=1, show_progress=False)
@@ -305,6 +357,7 @@ def test_video_batches_with_padding_give_the_same_text(tmp_path, llava):
         (["--mllm", "gpt4v"], "--mllm 'gpt4v' is not a known backend (use one of llava, llava-next, auto)"),
         (["--mllm", "auto"], "--mllm auto needs --model"),
         (["--model", "{bert}"], "is a 'bert' model, not an image-text-to-text model"),
+        (["--mllm", "llava-next"], "is a 'llava' model, which --mllm llava-next cannot load (use --mllm auto"),
         (["--model", "{missing}"], "cannot read a model config from this Hub id"),
         (["--prompt", "  "], "the prompt is empty"),
         (["--prompt-file", "{blank}"], "the prompt is empty"),
@@ -323,7 +376,7 @@ def test_bad_input_is_one_red_line(base_corpus, tiny_llava_dir, tiny_bert_dir, t
     blank.write_text("\n  \n")
     values = {"{bert}": str(tiny_bert_dir), "{missing}": "nobody/no-such-model", "{blank}": str(blank)}
     args = [values.get(a, a) for a in args]
-    if "--model" not in args and "auto" not in args:
+    if "--model" not in args and args[:2] != ["--mllm", "auto"]:
         args += ["--model", str(tiny_llava_dir)]
     result = runner.invoke(app, ["caption", str(base_corpus), "--device", "cpu", *args])
     assert result.exit_code == 2, result.output
