@@ -152,7 +152,7 @@ def open_describer(
     dtype: str = "auto",
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> "HFDescriber":
-    """Check the model's config (cheap) and return a describer that loads the weights on first use."""
+    """Check the model's config and processor and return a describer that loads the weights on first use."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     backend = get_backend(mllm)
@@ -188,9 +188,16 @@ def open_describer(
 
 
 class HFDescriber:
-    """A Hugging Face image-text-to-text model: batched, left-padded, greedy generation."""
+    """A Hugging Face image-text-to-text model: batched, left-padded, greedy generation.
+
+    The processor is loaded (and checked) at once, the weights on first use.
+    """
 
     def __init__(self, *, model_id: str, backend: Backend, device, dtype, max_new_tokens: int, multi_image: bool):
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         self.model_id = model_id
         self.backend = backend
         self.device = device
@@ -198,40 +205,38 @@ class HFDescriber:
         self.max_new_tokens = max_new_tokens
         self.multi_image = multi_image
         self.model = None
-        self.processor = None
+        try:
+            self.processor = transformers.AutoProcessor.from_pretrained(model_id)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"--model {model_id}: cannot load its processor ({error})") from None
+        if getattr(self.processor, "chat_template", None) is None and not backend.fallback_prompt_format:
+            raise ModelError(
+                f"--model {model_id}: its processor has no chat template, so the prompt cannot be formatted",
+                "use a chat/instruct model, or --mllm llava for LLaVA-1.5-style models",
+            )
+        tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "left"  # generation continues every row from its last real token
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
 
     def load(self) -> None:
-        """Load the processor and the weights (once)."""
+        """Load the weights (once)."""
         if self.model is not None:
             return
         import transformers
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
         try:
-            processor = transformers.AutoProcessor.from_pretrained(self.model_id)
             model = getattr(transformers, self.backend.model_class).from_pretrained(
                 self.model_id, dtype=self.dtype, device_map=self.device
             )
         except (OSError, ValueError) as error:
             raise ModelError(f"--model {self.model_id}: cannot load it ({error})") from None
-        if getattr(processor, "chat_template", None) is None and not self.backend.fallback_prompt_format:
-            raise ModelError(
-                f"--model {self.model_id}: its processor has no chat template, so the prompt cannot be formatted",
-                "use a chat/instruct model, or --mllm llava for LLaVA-1.5-style models",
-            )
-        tokenizer = processor.tokenizer
-        tokenizer.padding_side = "left"  # generation continues every row from its last real token
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         if model.generation_config.pad_token_id is None:
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
-        self.processor = processor
+            model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
         self.model = model.eval()
 
     def format_prompt(self, prompt: str, images: int) -> str:
         """The model's text input for `images` pictures followed by `prompt`."""
-        self.load()
         if getattr(self.processor, "chat_template", None) is not None:
             content = [{"type": "image"}] * images + [{"type": "text", "text": prompt}]
             return self.processor.apply_chat_template(

@@ -123,6 +123,30 @@ def test_interrupted_run_resumes_to_the_same_dataset(corpus, llava, reference):
     assert not shards.exists()
 
 
+def test_cli_ctrl_c_then_the_same_command_finishes(corpus, reference, tiny_llava_dir, monkeypatch):
+    from leccr_cli.captioning import HFDescriber
+
+    describe, calls = HFDescriber.describe, []
+
+    def ctrl_c_on_third_batch(self, images, prompt):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return describe(self, images, prompt)
+
+    command = ["caption", str(corpus.path), "--model", str(tiny_llava_dir), "--split", "train", "--batch-size", "2",
+               "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu"]
+    monkeypatch.setattr(HFDescriber, "describe", ctrl_c_on_third_batch)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 130, result.output
+    assert "interrupted:" in result.output and "rerun the same command" in " ".join(result.output.split())
+    monkeypatch.setattr(HFDescriber, "describe", describe)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "10 descriptions (6 new, 4 already there" in result.output
+    assert Corpus.open(corpus.path).description_rows("llava") == reference
+
+
 def test_crash_then_rerun_and_limit(corpus, llava, reference):
     with pytest.raises(RuntimeError):
         caption_corpus(
@@ -210,7 +234,7 @@ def test_auto_backend_and_the_llava_prompt_without_a_chat_template(tiny_llava_di
     assert plain.format_prompt("describe this", 2) == llava.format_prompt("describe this", 2)
     assert plain.describe(pictures, DEFAULT_IMAGE_PROMPT) == expected
     with pytest.raises(ModelError, match="no chat template"):
-        open_describer("auto", str(bare), device="cpu").load()
+        open_describer("auto", str(bare), device="cpu")
 
 
 def _photo_corpus(tmp_path) -> Corpus:
@@ -254,7 +278,6 @@ def test_real_photographs(tmp_path, llava):
 def test_llava_next_pads_images_of_different_token_counts(tmp_path, tiny_llava_next_dir):
     corpus = _photo_corpus(tmp_path)
     describer = open_describer("llava-next", str(tiny_llava_next_dir), device="cpu", max_new_tokens=NEW_TOKENS)
-    describer.load()
     texts = [describer.format_prompt(SHORT_PROMPT, 1)] * 6
     pictures = [Image.open(p).convert("RGB") for p in corpus.image_paths("test").values()]
     lengths = describer.processor(images=pictures, text=texts, return_tensors="pt", padding=True)["attention_mask"].sum(1)
