@@ -9,10 +9,12 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -21,6 +23,18 @@ err_console = Console(stderr=True, soft_wrap=True)
 def is_main_process() -> bool:
     """True unless this is a secondary process of a distributed launch."""
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+class RateColumn(ProgressColumn):
+    """Items per second of a task, e.g. `3.52 images/s` (blank until rich has a speed estimate)."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} {self.unit}/s" if speed else "", style="progress.data.speed")
 
 
 def progress(*extra_columns, disable: bool | None = None) -> Progress:

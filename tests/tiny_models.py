@@ -109,24 +109,15 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_llava(folder: Path, image_size: int = 32, patch_size: int = 8) -> Path:
-    """A tiny LLaVA (CLIP vision + 2-layer Llama) with its processor and chat template."""
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+def _tiny_llava_parts(image_size: int, patch_size: int):
+    """The word-level tokenizer (with `<image>`), the CLIP vision config and the 2-layer Llama config."""
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     words = _vocabulary() + ["user", ":", "assistant", "\n", ".", ","]
     tokenizer = _generation_tokenizer(
         words, ["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", append_eos=False,
         padding_side="left",
     )
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         image_size=image_size, patch_size=patch_size, projection_dim=32,
@@ -136,16 +127,31 @@ def build_tiny_llava(folder: Path, image_size: int = 32, patch_size: int = 8) ->
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    patches = (image_size // patch_size) ** 2
-    config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=image_token_id, image_seq_length=patches,
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
-    )
+    return tokenizer, vision, text
+
+
+def _save_random_model(model_class, config, tokenizer, folder: Path) -> None:
+    """Initialise `model_class(config)` with seed 0, set its pad/eos tokens, save it to `folder`."""
+    import torch
+
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config)
+    model = model_class(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
+
+
+def build_tiny_llava(folder: Path, image_size: int = 32, patch_size: int = 8) -> Path:
+    """A tiny LLaVA (CLIP vision + 2-layer Llama) with its processor and chat template."""
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer, vision, text = _tiny_llava_parts(image_size, patch_size)
+    patches = (image_size // patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=patches, vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    _save_random_model(LlavaForConditionalGeneration, config, tokenizer, folder)
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(
             size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
@@ -267,4 +273,31 @@ def build_tiny_m2m100(folder: Path, texts: list[str] | None = None, init_std: fl
     # language tokens and the "madeup words" follow the SentencePiece vocabulary, as in M2M100
     vocab_size = tokenizer.encoder_size + len(tokenizer.lang_token_to_id) + tokenizer.num_madeup_words
     _tiny_m2m100_model(folder, vocab_size, tokenizer, init_std)
+    return Path(folder)
+
+
+def build_tiny_llava_next(folder: Path, image_size: int = 32, patch_size: int = 8) -> Path:
+    """A tiny LLaVA-NeXT (any-resolution tiles, so the image token count depends on the image shape)."""
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    tokenizer, vision, text = _tiny_llava_parts(image_size, patch_size)
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    config = LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints, vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    _save_random_model(LlavaNextForConditionalGeneration, config, tokenizer, folder)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+    )
+    LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
+    ).save_pretrained(folder)
     return Path(folder)

@@ -148,6 +148,19 @@ def _load_columns(folder: Path, columns: tuple[str, ...], what: str) -> dict[str
     return {c: table.column(c).to_pylist() for c in columns}
 
 
+def write_description_table(folder: Path, rows: list[dict]) -> None:
+    """Write description rows (image_id, text, model, prompt) as an HF dataset, atomically replacing `folder`."""
+    with atomic_directory(folder, overwrite=True) as temporary:
+        shutil.rmtree(temporary)
+        _save_dataset({c: [str(r[c]) for r in rows] for c in DESCRIPTION_COLUMNS}, temporary)
+
+
+def read_description_table(folder: Path) -> list[dict]:
+    """The rows of a description dataset written by `write_description_table`."""
+    cols = _load_columns(folder, DESCRIPTION_COLUMNS, "descriptions")
+    return [dict(zip(DESCRIPTION_COLUMNS, row)) for row in zip(*(cols[c] for c in DESCRIPTION_COLUMNS))]
+
+
 # ---------------------------------------------------------------------- validation
 
 
@@ -401,8 +414,7 @@ class Corpus:
                 f"corpus {self.path} has no descriptions from {source!r} (present: {known})",
                 f"write them with `leccr caption {self.path} --mllm ...`",
             )
-        cols = _load_columns(folder, DESCRIPTION_COLUMNS, "descriptions")
-        return [dict(zip(DESCRIPTION_COLUMNS, row)) for row in zip(*(cols[c] for c in DESCRIPTION_COLUMNS))]
+        return read_description_table(folder)
 
     def descriptions(self, source: str) -> dict[str, str]:
         """image_id -> description text."""
@@ -411,9 +423,7 @@ class Corpus:
     def write_descriptions(self, source: str, rows: list[dict]) -> None:
         """Replace descriptions/<source>/ atomically."""
         (self.path / "descriptions").mkdir(exist_ok=True)
-        with atomic_directory(self.path / "descriptions" / source, overwrite=True) as folder:
-            shutil.rmtree(folder)
-            _save_dataset({c: [str(r[c]) for r in rows] for c in DESCRIPTION_COLUMNS}, folder)
+        write_description_table(self.path / "descriptions" / source, rows)
 
     # -- caches
     def slot_caches(self) -> list[tuple[str, str]]:

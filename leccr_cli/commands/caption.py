@@ -1,0 +1,92 @@
+"""`leccr caption`: detailed descriptions of every image from a multimodal LLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from leccr_cli.captioning import DEFAULT_BATCH_SIZE, DEFAULT_FRAMES, DEFAULT_MAX_NEW_TOKENS, MLLMS
+
+
+def caption_command(
+    corpus_path: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder."),
+    mllm: str = typer.Option("llava", "--mllm", help=f"Backend: {', '.join(MLLMS)} (auto: any image-text-to-text model)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Hub id or local folder (default for llava: llava-hf/llava-1.5-7b-hf; auto needs one)."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="Write descriptions/NAME/ (default: the --mllm name); recipes name it in data.descriptions."
+    ),
+    split: str = typer.Option("all", "--split", help="Splits to describe, comma-separated, or all."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Instruction given with each image (default: a detailed, factual description)."),
+    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="Read the prompt from this text file."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Images per generate call."),
+    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", help="Longest description, in tokens."),
+    frames: int | None = typer.Option(None, "--frames", help=f"Video corpora: frames sampled evenly per video (default {DEFAULT_FRAMES})."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPUs that support it, else fp32), bf16, fp16 or fp32."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: this process's GPU if any, else cpu)."),
+    limit: int | None = typer.Option(None, "--limit", help="Describe at most N of the images still lacking a description."),
+    on_error: str = typer.Option("stop", "--on-error", help="An unreadable image: stop (default) or skip it and list it at the end."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Describe every selected image again and replace descriptions/NAME/."),
+) -> None:
+    """Describe every image (or sampled video frames) with a multimodal LLM into descriptions/NAME/.
+
+    Resumable: rerun the same command after an interruption and it finishes the rest.
+    Several GPUs: `accelerate launch -m leccr_cli caption ...` (or torchrun) splits the images.
+    """
+    from rich.markup import escape
+
+    from leccr_cli.captioning import caption_corpus, open_describer
+    from leccr_cli.console import console, err_console, is_main_process
+    from leccr_cli.data.corpus import Corpus
+    from leccr_cli.errors import LeccrError
+
+    corpus = Corpus.open(corpus_path)
+    if prompt is not None and prompt_file is not None:
+        raise LeccrError("--prompt and --prompt-file both given", "use one of them")
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise LeccrError(f"--prompt-file {prompt_file}: cannot read it ({error})") from None
+    splits = corpus.splits if split.strip() == "all" else [s.strip() for s in split.split(",") if s.strip()]
+    if not splits:
+        raise LeccrError(f"--split {split!r} names no split", f"use all or some of {', '.join(corpus.splits)}")
+    describer = open_describer(mllm, model, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
+    source = name or mllm
+    try:
+        report = caption_corpus(
+            corpus,
+            describer,
+            source=source,
+            splits=splits,
+            prompt=prompt,
+            frames=frames,
+            batch_size=batch_size,
+            limit=limit,
+            overwrite=overwrite,
+            on_error=on_error,
+        )
+    except KeyboardInterrupt:
+        if is_main_process():
+            err_console.print(
+                f"[yellow]interrupted:[/] finished batches are kept in {corpus.path / 'descriptions'}; "
+                "rerun the same command to describe the rest"
+            )
+        raise typer.Exit(130) from None
+    if not is_main_process():
+        return
+    console.print(
+        f"[green]Wrote[/] {report.path}: {report.rows} descriptions "
+        f"({report.described} new, {report.already} already there; {report.selected} images in {', '.join(splits)}) "
+        f"by {escape(describer.model_id)}"
+    )
+    if report.failed:
+        count = len(report.failed)
+        err_console.print(f"[yellow]warning:[/] skipped {count} unreadable image{'s' if count > 1 else ''} (rerun to retry):")
+        for failure in report.failed:
+            err_console.print(f"  {escape(failure.image_id)}  {escape(failure.path)}  ({escape(failure.reason)})", highlight=False)
+    left = report.missing - len(report.failed)
+    if left > 0:
+        console.print(f"{left} images still lack a description (--limit); rerun to describe them")
