@@ -98,6 +98,9 @@ class TextConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_tokens: int = field(default=64, metadata=_limits(4))
     description_max_tokens: int = field(default=200, metadata=_limits(4))
+    # cls: h = W_t last_hidden[CLS], as in the reference; mean: the masked mean of all tokens,
+    # which tiny encoders trained from scratch learn far faster
+    pooling: Literal["cls", "mean"] = "cls"
 
 
 @dataclass

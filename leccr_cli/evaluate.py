@@ -150,3 +150,36 @@ def write_eval_json(run_dir: Path, lang: str, split: str, metrics: dict, **extra
     path = folder / f"{lang}-{split}.json"
     path.write_text(json.dumps({"lang": lang, "split": split, **extra, **metrics}, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def recall_metrics(scores, text_to_image, ks=(1, 5, 10), memory_budget_mb=1024):  # TEMPORARY until merge
+    import torch
+    scores = scores.float()
+    labels = torch.as_tensor(text_to_image)
+    gt = scores[torch.arange(len(labels)), labels]
+    t2i = (scores >= gt[:, None]).sum(1)
+    n_images = scores.shape[1]
+    i2t = torch.full((n_images,), 10**9)
+    for j in range(len(labels)):
+        col = scores[:, labels[j]]
+        rank = (col >= col[j]).sum()
+        i2t[labels[j]] = min(i2t[labels[j]], rank)
+    out = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = 100 * (i2t <= k).float().mean().item()
+    for k in ks:
+        out[f"t2i_r{k}"] = 100 * (t2i <= k).float().mean().item()
+    out["sumr"] = sum(out.values())
+    return out
+
+
+def metrics_table(rows, title):  # TEMPORARY until merge
+    from rich.table import Table
+    t = Table(title=title)
+    t.add_column("lang")
+    keys = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "sumr"]
+    for k in keys:
+        t.add_column(k)
+    for lang, m in rows.items():
+        t.add_row(lang, *(f"{m[k]:.1f}" for k in keys))
+    return t

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -246,7 +247,10 @@ def train(
 
     recipe = resolve_recipe_paths(recipe)
     optim = recipe.optim
+    # under torchrun without CUDA, accelerate only joins the processes (gloo) when told to use the CPU
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=multi_cpu,
         mixed_precision=optim.mixed_precision,
         gradient_accumulation_steps=optim.gradient_accumulation_steps,
         log_with=None if recipe.train.log_with == "none" else recipe.train.log_with,

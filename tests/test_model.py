@@ -245,6 +245,17 @@ def test_autocast_forward_backward_is_finite(config, batch):
 # ------------------------------------------------------------------ variants of the architecture
 
 
+def test_mean_pooling_is_the_masked_token_mean(config, batch):
+    model = build(dataclasses.replace(config, text=dataclasses.replace(config.text, pooling="mean"))).eval()
+    ids, mask = batch["source_ids"], batch["source_mask"]
+    hidden = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = torch.stack([hidden[i, mask[i].bool()].mean(0) for i in range(len(ids))])
+    expected = torch.nn.functional.normalize(model.text_head(expected), dim=-1)
+    assert torch.allclose(model.embed_texts(ids, mask), expected, atol=1e-6)
+    cls = build(config).eval()
+    assert not torch.allclose(cls.embed_texts(ids, mask), expected, atol=1e-3)
+
+
 def test_slots_off_uses_the_description_tokens_and_ignores_padding(config, batch):
     model = build(dataclasses.replace(config, slots=False)).eval()
     features, mask = model.encode_descriptions(batch["description_ids"], batch["description_mask"])

@@ -269,9 +269,14 @@ class LeccrModel(nn.Module):
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """h_t = normalize(W_t · last_hidden[CLS]): [B, D]."""
+        """h_t = normalize(W_t · last_hidden[CLS]): [B, D] (with `text.pooling: mean`, the masked token mean)."""
         hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(self.text_head(hidden[:, 0]), dim=-1)
+        if self.config.text.pooling == "mean":
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        else:
+            pooled = hidden[:, 0]
+        return F.normalize(self.text_head(pooled), dim=-1)
 
     def encode_descriptions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """F_c(description): token features [B, L, d_desc] and a bool mask [B, L], without gradient.
