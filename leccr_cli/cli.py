@@ -7,12 +7,14 @@ import typer
 from leccr_cli import __version__
 from leccr_cli.commands import make_app
 from leccr_cli.commands.data import app as data_app
+from leccr_cli.commands.evaluate import evaluate_command
 
 app = make_app(
     "Cross-lingual cross-modal retrieval (LECCR): describe images with a multimodal LLM, "
     "translate captions, train, evaluate."
 )
 app.add_typer(data_app, name="data")
+app.command("evaluate")(evaluate_command)
 
 
 def _print_version(value: bool) -> None:
