@@ -29,3 +29,7 @@ class ModelError(LeccrError):
 
 class RunError(LeccrError):
     """A run folder is missing, incomplete or belongs to another run."""
+
+
+class EvaluationError(LeccrError):
+    """A score matrix, its labels or a metrics request cannot be evaluated."""
