@@ -9,6 +9,7 @@ from leccr_cli.commands import make_app
 from leccr_cli.commands.caption import caption_command
 from leccr_cli.commands.data import app as data_app
 from leccr_cli.commands.evaluate import evaluate_command
+from leccr_cli.commands.slots import build_slots_command
 from leccr_cli.commands.train import train_command
 from leccr_cli.commands.translate import translate_command
 
@@ -19,6 +20,7 @@ app = make_app(
 app.add_typer(data_app, name="data")
 app.command("caption")(caption_command)
 app.command("translate")(translate_command)
+app.command("build-slots")(build_slots_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 

@@ -178,6 +178,7 @@ class LeccrModel(nn.Module):
         self.image_std = tuple(parts.image_std)
         self.image_size = config.vision.image_size
         self.interpolate_pos_encoding = parts.interpolate_pos_encoding
+        self.source_folder: Path | None = None  # set by from_pretrained
 
         # the parts the baseline shares come first, so one seed gives both variants the same weights
         self.text_encoder = parts.text
@@ -500,4 +501,5 @@ class LeccrModel(nn.Module):
             load_model(model, str(folder / "model.safetensors"))
         except (OSError, RuntimeError) as error:
             raise ModelError(f"model {folder}: model.safetensors does not fit config.json ({error})") from None
+        model.source_folder = folder
         return model
