@@ -274,11 +274,13 @@ def encode_gallery(model, corpus, split: str, recipe, *, accelerator=None, batch
 
     from leccr_cli.data.loading import Collator, GallerySet, ImageTransform, VisualSource, check_descriptions
     from leccr_cli.model.leccr import ImageEmbeddings
+    from leccr_cli.slots import open_slot_cache
 
     image_ids = corpus.image_ids(corpus.check_split(split))
-    descriptions = None
+    descriptions = features = None
     if recipe.model.variant == "leccr":
         descriptions = check_descriptions(corpus, recipe.data.descriptions, image_ids)
+        features = open_slot_cache(model, corpus, split, recipe, descriptions=descriptions)
     transform = ImageTransform(model.image_size, model.image_mean, model.image_std, train=False)
     visual = VisualSource(corpus, split, transform, recipe.data.video_features)
     collate = Collator(
@@ -288,7 +290,8 @@ def encode_gallery(model, corpus, split: str, recipe, *, accelerator=None, batch
         frames=visual.frames if corpus.modality == "video" else None,
         max_frames=recipe.model.video.max_frames,
     )
-    loader = _loader(GallerySet(image_ids, visual, descriptions), batch_size or recipe.eval.batch_size, collate, accelerator)
+    gallery_set = GallerySet(image_ids, visual, descriptions if features is None else None, description_features=features)
+    loader = _loader(gallery_set, batch_size or recipe.eval.batch_size, collate, accelerator)
     device = _device(model, accelerator)
     globals_, slots = [], []
     model.eval()
@@ -301,6 +304,8 @@ def encode_gallery(model, corpus, split: str, recipe, *, accelerator=None, batch
                 frame_mask=batch.get("frame_mask"),
                 description_ids=batch.get("description_ids"),
                 description_mask=batch.get("description_mask"),
+                description_features=batch.get("description_features"),
+                description_features_mask=batch.get("description_features_mask"),
             )
             globals_.append(_gather(embeds.global_embeds.float(), accelerator))
             if embeds.slot_embeds is not None:

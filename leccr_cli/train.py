@@ -316,7 +316,17 @@ def train(
             crop_scale_min=data.crop_scale_min,
         )
     cleaning = TextCleaning.from_recipe(data)
-    dataset = TrainingSet(examples, visual, descriptions, cleaning, recipe.seed)
+    features = None  # frozen description features from a slot cache (leccr build-slots), else encoded live
+    if descriptions is not None:
+        from leccr_cli.slots import open_slot_cache
+
+        rebuild = run_dir / "recipe.yaml"
+        features = open_slot_cache(model, corpus, split, recipe, descriptions=descriptions, rebuild_from=rebuild)
+        for gallery_split in (data.val_split, data.test_split):  # a missing or stale cache fails now, not at validation
+            open_slot_cache(model, corpus, gallery_split, recipe, rebuild_from=rebuild)
+    dataset = TrainingSet(
+        examples, visual, descriptions if features is None else None, cleaning, recipe.seed, description_features=features
+    )
     collate = Collator(
         model.tokenizer,
         recipe.model.text.max_tokens,

@@ -213,7 +213,11 @@ def check_descriptions(corpus: Corpus, source: str, image_ids: Sequence[str]) ->
 
 
 class TrainingSet:
-    """Map-style dataset of training examples; call `set_epoch` before each epoch."""
+    """Map-style dataset of training examples; call `set_epoch` before each epoch.
+
+    Descriptions come as texts (`descriptions`) or, from a slot cache, as token features
+    (`description_features`, a `leccr_cli.slots.SlotCache`).
+    """
 
     def __init__(
         self,
@@ -222,6 +226,7 @@ class TrainingSet:
         descriptions: dict[str, str] | None,
         cleaning: TextCleaning,
         seed: int,
+        description_features=None,
     ):
         self.examples = examples
         self.visual = visual
@@ -229,6 +234,7 @@ class TrainingSet:
         self.cleaning = cleaning
         self.seed = seed
         self.epoch = 0
+        self.description_features = description_features
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -245,18 +251,23 @@ class TrainingSet:
             "source": self.cleaning(example.english),
             "target": self.cleaning(rng.choice(example.translations)),
         }
-        if self.descriptions is not None:
+        if self.description_features is not None:
+            item["description_features"] = self.description_features.row(example.image_id)
+        elif self.descriptions is not None:
             item["description"] = self.descriptions[example.image_id]
         return item
 
 
 class GallerySet:
-    """Map-style dataset over the images (or videos) of a split, in gallery order."""
+    """Map-style dataset over the images (or videos) of a split, in gallery order (descriptions as in `TrainingSet`)."""
 
-    def __init__(self, image_ids: list[str], visual: VisualSource, descriptions: dict[str, str] | None):
+    def __init__(
+        self, image_ids: list[str], visual: VisualSource, descriptions: dict[str, str] | None, description_features=None
+    ):
         self.image_ids = image_ids
         self.visual = visual
         self.descriptions = descriptions
+        self.description_features = description_features
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -264,7 +275,9 @@ class GallerySet:
     def __getitem__(self, index: int) -> dict:
         image_id = self.image_ids[index]
         item = {"visual": self.visual.load(image_id), "image_index": index}
-        if self.descriptions is not None:
+        if self.description_features is not None:
+            item["description_features"] = self.description_features.row(image_id)
+        elif self.descriptions is not None:
             item["description"] = self.descriptions[image_id]
         return item
 
@@ -284,7 +297,8 @@ class TextSet:
 
 
 class Collator:
-    """Turns dataset items into the model's batch dict (tokenizing texts, stacking visuals)."""
+    """Turns dataset items into the model's batch dict (tokenizing texts, stacking visuals, padding
+    cached description features to the batch's longest row)."""
 
     def __init__(self, tokenizer, caption_max_tokens: int, description_max_tokens: int, frames=None, max_frames: int = 64):
         self.tokenizer = tokenizer
@@ -313,6 +327,12 @@ class Collator:
         if "description" in items[0]:
             batch["description_ids"], batch["description_mask"] = self._tokenize(
                 [i["description"] for i in items], self.description_max_tokens
+            )
+        if "description_features" in items[0]:
+            from leccr_cli.slots import pad_features
+
+            batch["description_features"], batch["description_features_mask"] = pad_features(
+                [i["description_features"] for i in items]
             )
         if "index" in items[0]:
             batch["index"] = torch.tensor([i["index"] for i in items], dtype=torch.long)
