@@ -265,6 +265,21 @@ def train(
             "choose a global batch size divisible by processes x accumulation steps",
         )
 
+    # -- the data first: a mistake there must not leave a run folder behind
+    corpus = ensure_corpus(recipe, accelerator)
+    data = recipe.data
+    split = corpus.check_split(data.train_split)
+    examples = training_examples(corpus, split, data.source_lang, data.target_langs)
+    if len(examples) < optim.batch_size:
+        raise LeccrError(
+            f"the training split has {len(examples)} examples, fewer than one global batch ({optim.batch_size})",
+            "lower optim.batch_size",
+        )
+    uses_descriptions = recipe.model.variant == "leccr"
+    descriptions = (
+        check_descriptions(corpus, data.descriptions, corpus.image_ids(split)) if uses_descriptions else None
+    )
+
     # -- the run folder (every process agrees on it before the main one creates it)
     runs_root = Path(runs_root)
     if output_dir is not None:
@@ -288,17 +303,6 @@ def train(
     accelerator.wait_for_everyone()
 
     set_seed(recipe.seed)
-    corpus = ensure_corpus(recipe, accelerator)
-    data = recipe.data
-    split = corpus.check_split(data.train_split)
-    for lang in data.target_langs:
-        corpus.check_lang(lang)
-    examples = training_examples(corpus, split, data.source_lang, data.target_langs)
-    uses_descriptions = recipe.model.variant == "leccr"
-    descriptions = (
-        check_descriptions(corpus, data.descriptions, corpus.image_ids(split)) if uses_descriptions else None
-    )
-
     from_scratch = recipe.model.text.config is not None
     visual = VisualSource(corpus, split, None, data.video_features)
     model = build_model(
@@ -324,11 +328,6 @@ def train(
         frames=visual.frames if corpus.modality == "video" else None,
         max_frames=recipe.model.video.max_frames,
     )
-    if len(dataset) < per_device * world:
-        raise LeccrError(
-            f"the training split has {len(dataset)} examples, fewer than one global batch ({optim.batch_size})",
-            "lower optim.batch_size",
-        )
     loader = DataLoader(
         dataset,
         batch_size=per_device,
@@ -354,6 +353,9 @@ def train(
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         if accelerator.is_main_process:
+            # lines logged after this checkpoint by the interrupted run are logged again as it replays
+            for log in ("metrics.jsonl", "train_log.jsonl"):
+                _drop_lines_after(run_dir / log, state.global_step, data.test_split)
             err_console.print(f"Resuming {run_dir} from {checkpoint.name} (epoch {state.epoch + 1})")
     if recipe.train.log_with != "none":
         accelerator.init_trackers(run_dir.name, config=_flatten(recipe_to_dict(recipe)))
@@ -390,9 +392,15 @@ def train(
         model.train()
 
     def save_checkpoint() -> None:
+        # written under a hidden name and renamed: a killed run never leaves a checkpoint that looks finished
         target = run_dir / CHECKPOINTS / f"step_{state.global_step}"
-        accelerator.save_state(str(target))
+        partial = run_dir / CHECKPOINTS / f".step_{state.global_step}.partial"
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(partial, target)
             for old in checkpoint_dirs(run_dir)[: -recipe.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
@@ -463,6 +471,17 @@ def train(
         console.print(metrics_table(test_results, title=f"{run_dir.name}: best model (step {state.best_step}) on {data.test_split}"))
     accelerator.end_training()
     return TrainResult(run_dir, state.global_step, state.best_step, state.best_score, test_results, last_loss)
+
+
+def _drop_lines_after(path: Path, step: int, final_split: str) -> None:
+    """Keep the JSON lines of `path` logged up to `step`; the final (test-split) lines go too."""
+    if not path.is_file():
+        return
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    kept = [json.dumps(r) for r in records if r.get("step", 0) <= step and r.get("split") != final_split]
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def _save_model_atomically(model, folder: Path) -> None:
