@@ -12,17 +12,20 @@ runs/<name>/
   checkpoints/step_<n>/       accelerate save_state, the last `train.keep_checkpoints`
   model/                      the best model on validation (mean SumR over target languages)
   metrics.jsonl               one line per evaluation and language
-  train_log.jsonl             loss, lr and loss terms every `train.log_every_steps` optimiser steps
+  train_log.jsonl             loss, lr, loss terms and seconds since the loop started, every
+                              `train.log_every_steps` optimiser steps
   eval/<lang>-<split>.json    test metrics of the best model
 ```
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -226,6 +229,7 @@ def train(
     """Train LECCR as the recipe says; returns the run folder and its best validation/test numbers."""
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import ProjectConfiguration
     from accelerate.utils import set_seed
     from rich.progress import TextColumn
     from torch.utils.data import DataLoader
@@ -247,10 +251,28 @@ def train(
 
     recipe = resolve_recipe_paths(recipe)
     optim = recipe.optim
+    # -- where the run goes (nothing is created before the data has been checked)
+    runs_root = Path(runs_root)
+    if output_dir is not None:
+        run_dir = Path(output_dir)
+    elif resume is not None and resume != "latest":
+        candidate = Path(resume)
+        run_dir = candidate if (candidate / CHECKPOINTS).is_dir() else candidate.parent.parent
+    elif resume == "latest":
+        run_dir = latest_run(runs_root, recipe.name)
+    else:
+        run_dir = default_run_dir(recipe, runs_root)
+    prepare_run_dir(recipe, run_dir, resume=resume is not None, overwrite=overwrite)
+    checkpoint = find_checkpoint(resume, run_dir) if resume is not None else None
+    if recipe.train.log_with == "tensorboard" and not any(
+        importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")
+    ):
+        raise LeccrError("train.log_with: tensorboard is not installed", "pip install tensorboard, or set train.log_with: none")
     # under torchrun without CUDA, accelerate only joins the processes (gloo) when told to use the CPU
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
         cpu=multi_cpu,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
         mixed_precision=optim.mixed_precision,
         gradient_accumulation_steps=optim.gradient_accumulation_steps,
         log_with=None if recipe.train.log_with == "none" else recipe.train.log_with,
@@ -280,19 +302,7 @@ def train(
         check_descriptions(corpus, data.descriptions, corpus.image_ids(split)) if uses_descriptions else None
     )
 
-    # -- the run folder (every process agrees on it before the main one creates it)
-    runs_root = Path(runs_root)
-    if output_dir is not None:
-        run_dir = Path(output_dir)
-    elif resume is not None and resume != "latest":
-        candidate = Path(resume)
-        run_dir = candidate if (candidate / CHECKPOINTS).is_dir() else candidate.parent.parent
-    elif resume == "latest":
-        run_dir = latest_run(runs_root, recipe.name)
-    else:
-        run_dir = default_run_dir(recipe, runs_root)
-    prepare_run_dir(recipe, run_dir, resume=resume is not None, overwrite=overwrite)
-    checkpoint = find_checkpoint(resume, run_dir) if resume is not None else None
+    # -- the run folder (decided above, so every process agrees before the main one creates it)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and checkpoint is None:
         if run_dir.exists() and overwrite:
@@ -358,7 +368,7 @@ def train(
                 _drop_lines_after(run_dir / log, state.global_step, data.test_split)
             err_console.print(f"Resuming {run_dir} from {checkpoint.name} (epoch {state.epoch + 1})")
     if recipe.train.log_with != "none":
-        accelerator.init_trackers(run_dir.name, config=_flatten(recipe_to_dict(recipe)))
+        accelerator.init_trackers(recipe.name, config=_flatten(recipe_to_dict(recipe)))
 
     eval_every = recipe.eval.every_steps or steps_per_epoch
     checkpoint_every = recipe.train.checkpoint_every_steps or eval_every
@@ -406,6 +416,7 @@ def train(
         accelerator.wait_for_everyone()
 
     bar = progress(TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"))
+    started = time.perf_counter()
     model.train()
     with bar:
         task = bar.add_task("training", total=total_steps, completed=state.global_step, loss=float("nan"), lr=0.0)
@@ -440,7 +451,13 @@ def train(
                     )
                     if accelerator.is_main_process:
                         with (run_dir / "train_log.jsonl").open("a", encoding="utf-8") as handle:
-                            record = {"step": state.global_step, "epoch": state.epoch, "loss": last_loss, "lr": lr}
+                            record = {
+                                "step": state.global_step,
+                                "epoch": state.epoch,
+                                "loss": last_loss,
+                                "lr": lr,
+                                "seconds": round(time.perf_counter() - started, 3),
+                            }
                             handle.write(json.dumps({**record, **terms}) + "\n")
                 finished = state.global_step >= total_steps
                 if state.global_step % eval_every == 0 or finished:
