@@ -268,3 +268,18 @@ def test_tensorboard_tracker_logs_the_loss(synthetic_corpus, tmp_path):
     assert [e.step for e in losses] == [1, 2, 3, 4]
     assert [e.value for e in losses] == pytest.approx([r["loss"] for r in logged], rel=1e-6)
     assert [e.step for e in events.Scalars("val/de/sumr")] == [2, 4]
+
+
+@pytest.mark.parametrize("corpus_kind", ["image", "video"])
+def test_dataloader_workers_give_the_same_training(corpus_kind, synthetic_corpus, tmp_path):
+    corpus = synthetic_corpus if corpus_kind == "image" else _video_corpus(tmp_path / "videos")
+    raw = tiny_recipe(corpus, optim={"max_steps": 2}, eval={"every_steps": 2})
+    if corpus_kind == "video":
+        raw["data"]["target_langs"] = ["de"]
+        raw["model"]["video"] = {"width": 32, "layers": 1, "heads": 4, "max_frames": 4}
+    losses = []
+    for workers in (0, 2):
+        raw["data"]["num_workers"] = workers
+        train(recipe_from_dict(raw), tmp_path / f"run{workers}")
+        losses.append([r["loss"] for r in _lines(tmp_path / f"run{workers}" / "train_log.jsonl")])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
