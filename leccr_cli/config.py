@@ -254,6 +254,10 @@ class _Checker:
             return self.convert(inner[0], value, key, meta)
         if origin is Literal:
             choices = typing.get_args(tp)
+            if isinstance(value, bool):
+                # YAML 1.1 reads an unquoted `no` (or off/yes/on) as a boolean
+                spelled = [c for c in choices if str(c).lower() in (("no", "off", "false"), ("yes", "on", "true"))[value]]
+                value = spelled[0] if spelled else value
             if value not in choices:
                 close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else ""

@@ -37,10 +37,10 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.2f} {self.unit}/s" if speed else "", style="progress.data.speed")
 
 
-def progress(*extra_columns, disable: bool | None = None) -> Progress:
+def progress(*extra_columns, disable: bool | None = None, transient: bool = False) -> Progress:
     """A progress bar on stderr with count, rate-friendly extra columns and ETA.
 
-    Silent on non-main processes and when `disable` is true.
+    Silent on non-main processes and when `disable` is true; a `transient` bar disappears when done.
     """
     if disable is None:
         disable = not is_main_process()
@@ -53,5 +53,5 @@ def progress(*extra_columns, disable: bool | None = None) -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         disable=disable,
-        transient=False,
+        transient=transient,
     )

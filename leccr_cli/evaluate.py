@@ -25,6 +25,7 @@ takes one more pass to gather the ground-truth scores first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import os
@@ -260,6 +261,17 @@ def _loader(dataset, batch_size: int, collate, accelerator):
     )
 
 
+@contextlib.contextmanager
+def _progress(description: str, total: int):
+    """A progress bar over `total` batches (silent off the main process); yields `advance()`."""
+    from leccr_cli.console import progress
+
+    bar = progress(transient=True)
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
 def _gather(tensor, accelerator):
     return tensor if accelerator is None else accelerator.gather_for_metrics(tensor)
 
@@ -295,8 +307,9 @@ def encode_gallery(model, corpus, split: str, recipe, *, accelerator=None, batch
     device = _device(model, accelerator)
     globals_, slots = [], []
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _progress(f"encoding {split} gallery", len(loader)) as advance:
         for batch in loader:
+            advance()
             batch = {k: v.to(device) for k, v in batch.items()}
             embeds = model.embed_images(
                 pixel_values=batch.get("pixel_values"),
@@ -326,8 +339,9 @@ def encode_texts(model, texts: Sequence[str], recipe, *, accelerator=None, batch
     device = _device(model, accelerator)
     out = []
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _progress("encoding queries", len(loader)) as advance:
         for batch in loader:
+            advance()
             embeds = model.embed_texts(batch["text_ids"].to(device), batch["text_mask"].to(device))
             out.append(_gather(embeds.float(), accelerator))
     return torch.cat(out)
@@ -371,6 +385,16 @@ def evaluate_languages(
 
     for lang in langs:
         corpus.check_lang(lang)
+    if fusion is not None:
+        from leccr_cli.model.leccr import uses_slot_embeddings
+
+        if not uses_slot_embeddings(model.config):
+            from leccr_cli.errors import ModelError
+
+            raise ModelError(
+                "--fusion needs slot embeddings; this model has none",
+                "it is a baseline, or multi_level_matching and english_guidance are both off",
+            )
     image_ids, gallery = encode_gallery(model, corpus, split, recipe, accelerator=accelerator, batch_size=batch_size)
     column = {image_id: i for i, image_id in enumerate(image_ids)}
     results = {}
@@ -391,9 +415,63 @@ def evaluate_languages(
     return results
 
 
-def write_eval_json(run_dir: Path, lang: str, split: str, metrics: dict, **extra) -> Path:
-    """Write eval/<lang>-<split>.json in a run folder (the metrics plus what produced them)."""
-    return write_metrics_json({"lang": lang, "split": split, **extra, **metrics}, Path(run_dir) / "eval" / f"{lang}-{split}.json")
+def eval_languages(corpus, split: str, requested: Sequence[str], default: Sequence[str]) -> list[str]:
+    """The languages to evaluate: `requested` (`all` = every language with human captions in the split), else `default`."""
+    corpus.check_split(split)
+    if list(requested) == ["all"]:
+        langs = sorted({c.lang for c in corpus.captions(split, origin="human")})
+        if not langs:
+            raise CorpusError(f"corpus {corpus.path} has no human captions in split {split!r}")
+        return langs
+    if "all" in requested:
+        raise EvaluationError("--lang all cannot be combined with other languages")
+    langs = list(dict.fromkeys(requested or default))
+    for lang in langs:
+        corpus.check_lang(lang)
+    return langs
+
+
+def load_run(run_dir: str | Path):
+    """(recipe, model) of a run folder; a missing folder or `model/` is a `RunError`."""
+    import yaml
+
+    from leccr_cli.config import recipe_from_dict
+    from leccr_cli.errors import RunError
+    from leccr_cli.model.leccr import LeccrModel
+
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise RunError(f"{run_dir} is not a run folder (no recipe.yaml)", "give a folder written by `leccr train`, e.g. runs/demo")
+    if not (run_dir / "model" / "config.json").is_file():
+        raise RunError(
+            f"run {run_dir} has no model/ yet",
+            "training writes it at its first validation; wait for it, or resume the run with `leccr train ... --resume latest`",
+        )
+    try:
+        raw = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise RunError(f"{recipe_file}: not valid YAML ({error})") from None
+    recipe = recipe_from_dict(raw, str(recipe_file))
+    return recipe, LeccrModel.from_pretrained(run_dir / "model")
+
+
+def eval_json_name(lang: str, split: str, fusion: float | None = None, translate_test: bool = False) -> str:
+    """eval/<lang>-<split>.json, with -fusion<A> / -translate-test for the other scoring modes."""
+    name = f"{lang}-{split}"
+    if fusion is not None:
+        name += f"-fusion{fusion:g}"
+    if translate_test:
+        name += "-translate-test"
+    return f"{name}.json"
+
+
+def write_eval_json(
+    run_dir: Path, lang: str, split: str, metrics: dict, *, fusion: float | None = None, translate_test: bool = False
+) -> Path:
+    """Write the metrics (and how they were scored) to eval/<name> in a run folder (see `eval_json_name`)."""
+    record = {"lang": lang, "split": split, "fusion": fusion, "translate_test": translate_test, **metrics}
+    return write_metrics_json(record, Path(run_dir) / "eval" / eval_json_name(lang, split, fusion, translate_test))
 
 
 def load_score_matrix(path: str | Path) -> Tensor:

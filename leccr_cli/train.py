@@ -12,17 +12,20 @@ runs/<name>/
   checkpoints/step_<n>/       accelerate save_state, the last `train.keep_checkpoints`
   model/                      the best model on validation (mean SumR over target languages)
   metrics.jsonl               one line per evaluation and language
-  train_log.jsonl             loss, lr and loss terms every `train.log_every_steps` optimiser steps
+  train_log.jsonl             loss, lr, loss terms and seconds since the loop started, every
+                              `train.log_every_steps` optimiser steps
   eval/<lang>-<split>.json    test metrics of the best model
 ```
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -226,6 +229,7 @@ def train(
     """Train LECCR as the recipe says; returns the run folder and its best validation/test numbers."""
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import ProjectConfiguration
     from accelerate.utils import set_seed
     from rich.progress import TextColumn
     from torch.utils.data import DataLoader
@@ -247,10 +251,28 @@ def train(
 
     recipe = resolve_recipe_paths(recipe)
     optim = recipe.optim
+    # -- where the run goes (nothing is created before the data has been checked)
+    runs_root = Path(runs_root)
+    if output_dir is not None:
+        run_dir = Path(output_dir)
+    elif resume is not None and resume != "latest":
+        candidate = Path(resume)
+        run_dir = candidate if (candidate / CHECKPOINTS).is_dir() else candidate.parent.parent
+    elif resume == "latest":
+        run_dir = latest_run(runs_root, recipe.name)
+    else:
+        run_dir = default_run_dir(recipe, runs_root)
+    prepare_run_dir(recipe, run_dir, resume=resume is not None, overwrite=overwrite)
+    checkpoint = find_checkpoint(resume, run_dir) if resume is not None else None
+    if recipe.train.log_with == "tensorboard" and not any(
+        importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")
+    ):
+        raise LeccrError("train.log_with: tensorboard is not installed", "pip install tensorboard, or set train.log_with: none")
     # under torchrun without CUDA, accelerate only joins the processes (gloo) when told to use the CPU
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
         cpu=multi_cpu,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
         mixed_precision=optim.mixed_precision,
         gradient_accumulation_steps=optim.gradient_accumulation_steps,
         log_with=None if recipe.train.log_with == "none" else recipe.train.log_with,
@@ -265,19 +287,39 @@ def train(
             "choose a global batch size divisible by processes x accumulation steps",
         )
 
-    # -- the run folder (every process agrees on it before the main one creates it)
-    runs_root = Path(runs_root)
-    if output_dir is not None:
-        run_dir = Path(output_dir)
-    elif resume is not None and resume != "latest":
-        candidate = Path(resume)
-        run_dir = candidate if (candidate / CHECKPOINTS).is_dir() else candidate.parent.parent
-    elif resume == "latest":
-        run_dir = latest_run(runs_root, recipe.name)
-    else:
-        run_dir = default_run_dir(recipe, runs_root)
-    prepare_run_dir(recipe, run_dir, resume=resume is not None, overwrite=overwrite)
-    checkpoint = find_checkpoint(resume, run_dir) if resume is not None else None
+    # -- the data first: a mistake there must not leave a run folder behind
+    corpus = ensure_corpus(recipe, accelerator)
+    data = recipe.data
+    split = corpus.check_split(data.train_split)
+    examples = training_examples(corpus, split, data.source_lang, data.target_langs)
+    if len(examples) < optim.batch_size:
+        raise LeccrError(
+            f"the training split has {len(examples)} examples, fewer than one global batch ({optim.batch_size})",
+            "lower optim.batch_size",
+        )
+    uses_descriptions = recipe.model.variant == "leccr"
+    descriptions = (
+        check_descriptions(corpus, data.descriptions, corpus.image_ids(split)) if uses_descriptions else None
+    )
+
+    set_seed(recipe.seed)
+    from_scratch = recipe.model.text.config is not None
+    visual = VisualSource(corpus, split, None, data.video_features)
+    model = build_model(
+        recipe.model,
+        modality=corpus.modality,
+        frame_dim=visual.frame_dim,
+        tokenizer_texts=tokenizer_texts(corpus, recipe) if from_scratch else None,
+    )
+    features = None  # frozen description features from a slot cache (leccr build-slots), else encoded live
+    if descriptions is not None:  # a missing or stale cache (cache mode) is refused before the run folder is made
+        from leccr_cli.slots import open_slot_cache
+
+        features = open_slot_cache(model, corpus, split, recipe, descriptions=descriptions, rebuild_from="RECIPE")
+        for gallery_split in (data.val_split, data.test_split):
+            open_slot_cache(model, corpus, gallery_split, recipe, rebuild_from="RECIPE")
+
+    # -- the run folder (decided above, so every process agrees before the main one creates it)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and checkpoint is None:
         if run_dir.exists() and overwrite:
@@ -287,26 +329,6 @@ def train(
         (run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
     accelerator.wait_for_everyone()
 
-    set_seed(recipe.seed)
-    corpus = ensure_corpus(recipe, accelerator)
-    data = recipe.data
-    split = corpus.check_split(data.train_split)
-    for lang in data.target_langs:
-        corpus.check_lang(lang)
-    examples = training_examples(corpus, split, data.source_lang, data.target_langs)
-    uses_descriptions = recipe.model.variant == "leccr"
-    descriptions = (
-        check_descriptions(corpus, data.descriptions, corpus.image_ids(split)) if uses_descriptions else None
-    )
-
-    from_scratch = recipe.model.text.config is not None
-    visual = VisualSource(corpus, split, None, data.video_features)
-    model = build_model(
-        recipe.model,
-        modality=corpus.modality,
-        frame_dim=visual.frame_dim,
-        tokenizer_texts=tokenizer_texts(corpus, recipe) if from_scratch else None,
-    )
     if corpus.modality == "image":
         visual.transform = ImageTransform(
             model.image_size,
@@ -316,14 +338,6 @@ def train(
             crop_scale_min=data.crop_scale_min,
         )
     cleaning = TextCleaning.from_recipe(data)
-    features = None  # frozen description features from a slot cache (leccr build-slots), else encoded live
-    if descriptions is not None:
-        from leccr_cli.slots import open_slot_cache
-
-        rebuild = run_dir / "recipe.yaml"
-        features = open_slot_cache(model, corpus, split, recipe, descriptions=descriptions, rebuild_from=rebuild)
-        for gallery_split in (data.val_split, data.test_split):  # a missing or stale cache fails now, not at validation
-            open_slot_cache(model, corpus, gallery_split, recipe, rebuild_from=rebuild)
     dataset = TrainingSet(
         examples, visual, descriptions if features is None else None, cleaning, recipe.seed, description_features=features
     )
@@ -334,11 +348,6 @@ def train(
         frames=visual.frames if corpus.modality == "video" else None,
         max_frames=recipe.model.video.max_frames,
     )
-    if len(dataset) < per_device * world:
-        raise LeccrError(
-            f"the training split has {len(dataset)} examples, fewer than one global batch ({optim.batch_size})",
-            "lower optim.batch_size",
-        )
     loader = DataLoader(
         dataset,
         batch_size=per_device,
@@ -364,9 +373,12 @@ def train(
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         if accelerator.is_main_process:
+            # lines logged after this checkpoint by the interrupted run are logged again as it replays
+            for log in ("metrics.jsonl", "train_log.jsonl"):
+                _drop_lines_after(run_dir / log, state.global_step, data.test_split)
             err_console.print(f"Resuming {run_dir} from {checkpoint.name} (epoch {state.epoch + 1})")
     if recipe.train.log_with != "none":
-        accelerator.init_trackers(run_dir.name, config=_flatten(recipe_to_dict(recipe)))
+        accelerator.init_trackers(recipe.name, config=_flatten(recipe_to_dict(recipe)))
 
     eval_every = recipe.eval.every_steps or steps_per_epoch
     checkpoint_every = recipe.train.checkpoint_every_steps or eval_every
@@ -400,14 +412,21 @@ def train(
         model.train()
 
     def save_checkpoint() -> None:
+        # written under a hidden name and renamed: a killed run never leaves a checkpoint that looks finished
         target = run_dir / CHECKPOINTS / f"step_{state.global_step}"
-        accelerator.save_state(str(target))
+        partial = run_dir / CHECKPOINTS / f".step_{state.global_step}.partial"
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(partial, target)
             for old in checkpoint_dirs(run_dir)[: -recipe.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
     bar = progress(TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"))
+    started = time.perf_counter()
     model.train()
     with bar:
         task = bar.add_task("training", total=total_steps, completed=state.global_step, loss=float("nan"), lr=0.0)
@@ -442,7 +461,13 @@ def train(
                     )
                     if accelerator.is_main_process:
                         with (run_dir / "train_log.jsonl").open("a", encoding="utf-8") as handle:
-                            record = {"step": state.global_step, "epoch": state.epoch, "loss": last_loss, "lr": lr}
+                            record = {
+                                "step": state.global_step,
+                                "epoch": state.epoch,
+                                "loss": last_loss,
+                                "lr": lr,
+                                "seconds": round(time.perf_counter() - started, 3),
+                            }
                             handle.write(json.dumps({**record, **terms}) + "\n")
                 finished = state.global_step >= total_steps
                 if state.global_step % eval_every == 0 or finished:
@@ -473,6 +498,17 @@ def train(
         console.print(metrics_table(test_results, title=f"{run_dir.name}: best model (step {state.best_step}) on {data.test_split}"))
     accelerator.end_training()
     return TrainResult(run_dir, state.global_step, state.best_step, state.best_score, test_results, last_loss)
+
+
+def _drop_lines_after(path: Path, step: int, final_split: str) -> None:
+    """Keep the JSON lines of `path` logged up to `step`; the final (test-split) lines go too."""
+    if not path.is_file():
+        return
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    kept = [json.dumps(r) for r in records if r.get("step", 0) <= step and r.get("split") != final_split]
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def _save_model_atomically(model, folder: Path) -> None:

@@ -81,3 +81,69 @@ def synthetic_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "corpus"
     build_synthetic(out, images=120, seed=3, image_size=32)
     return out
+
+
+def tiny_recipe(corpus: Path, **blocks) -> dict:
+    """A raw recipe for tiny from-scratch encoders on `corpus` (no dropout, so runs are comparable).
+
+    Keyword arguments update whole blocks, e.g. optim={"max_steps": 4}.
+    """
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {
+            "corpus": str(corpus),
+            "target_langs": ["de", "fr", "cs"],
+            "descriptions": "synthetic",
+            "train_transform": "resize_center_crop",
+        },
+        "model": {
+            "vision": {
+                "name_or_path": None,
+                "image_size": 32,
+                "projection_dim": 32,
+                "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "patch_size": 8},
+            },
+            "text": {
+                "name_or_path": None,
+                "max_tokens": 24,
+                "description_max_tokens": 48,
+                "pooling": "mean",
+                "tokenizer": {"vocab_size": 500},
+                "config": {
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 4,
+                    "max_position_embeddings": 64,
+                    "hidden_dropout_prob": 0.0,
+                    "attention_probs_dropout_prob": 0.0,
+                },
+            },
+            "joint_dim": 32,
+            "num_slots": 2,
+            "slot_layers": 1,
+            "interaction_layers": 1,
+            "heads": 4,
+        },
+        "optim": {"lr": 2e-3, "new_layer_lr_scale": 1.0, "warmup_ratio": 0.0, "max_steps": 6, "batch_size": 16},
+        "eval": {"every_steps": 3, "batch_size": 64},
+        "train": {"log_every_steps": 1, "keep_checkpoints": 2},
+    }
+    for block, values in blocks.items():
+        if isinstance(values, dict) and isinstance(recipe.get(block), dict):
+            recipe[block] = {**recipe[block], **values}
+        else:
+            recipe[block] = values
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_corpus, tmp_path_factory) -> Path:
+    """A run folder of `tiny_recipe` trained for 6 steps (validation every 3) on the synthetic corpus."""
+    from leccr_cli.config import recipe_from_dict
+    from leccr_cli.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(recipe_from_dict(tiny_recipe(synthetic_corpus)), out)
+    return out

@@ -74,6 +74,7 @@ def test_overrides_apply_and_are_validated(tmp_path):
     assert recipe.optim.lr == 2e-5
     assert recipe.data.target_langs == ["de", "fr"]
     assert recipe.model.slots is False
+    assert load_recipe(path, ["optim.mixed_precision=no"]).optim.mixed_precision == "no"
     with pytest.raises(RecipeError, match="with --set: model.num_slot: unknown key; did you mean 'num_slots'"):
         load_recipe(path, ["model.num_slot=2"])
     with pytest.raises(RecipeError, match="expected KEY=VALUE"):

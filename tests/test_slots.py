@@ -234,8 +234,8 @@ def test_training_refuses_a_stale_cache_before_the_first_step(corpus_dir, tmp_pa
     message = str(caught.value)
     assert "no slot cache for this description encoder" in message
     assert "what differs: the description encoder's weights; the tokenizer's vocabulary; the descriptions" in message
-    assert f"`leccr build-slots {tmp_path / 'run' / 'recipe.yaml'} --split train`" in message
-    assert not (tmp_path / "run" / "train_log.jsonl").exists()
+    assert "`leccr build-slots RECIPE --split train`" in message
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def test_other_settings_are_named(corpus_dir, tmp_path):

@@ -17,18 +17,78 @@ LABELS_HELP = (
 
 
 def evaluate_command(
-    scores: Path = typer.Option(..., "--scores", metavar="FILE.safetensors", help=SCORES_HELP),
-    labels: Path = typer.Option(..., "--labels", metavar="FILE", help=LABELS_HELP),
+    run: Path | None = typer.Argument(None, help="Run folder (default: the most recent run under runs/)."),
+    langs: list[str] = typer.Option(
+        [], "--lang", help="Query language, repeatable; 'all' = every language with captions in the split (default: the recipe's)."
+    ),
+    split: str | None = typer.Option(None, "--split", help="Split to evaluate (default: the recipe's test split)."),
+    fusion: float | None = typer.Option(
+        None, "--fusion", min=0.0, max=1.0, metavar="ALPHA", help="Score alpha * global + (1 - alpha) * best slot (DESIGN section 4)."
+    ),
+    translate_test: bool = typer.Option(
+        False, "--translate-test", help="Score the English machine translation of each query (origin mt, translated from it)."
+    ),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Evaluate on this corpus instead of the run's."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Encoding batch size (default: the recipe's eval.batch_size)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
+    scores: Path | None = typer.Option(None, "--scores", metavar="FILE.safetensors", help=SCORES_HELP),
+    labels: Path | None = typer.Option(None, "--labels", metavar="FILE", help=LABELS_HELP),
     json_path: Path | None = typer.Option(None, "--json", metavar="PATH", help="Also write every metric to this JSON file."),
-    memory_budget: int = typer.Option(
-        1024, "--memory-budget", min=16, metavar="MB", help="Memory for one chunk of scores being ranked."
+    memory_budget: int | None = typer.Option(
+        None, "--memory-budget", min=16, metavar="MB", help="Memory for one chunk of scores being ranked (default 1024)."
     ),
 ) -> None:
-    """Score a saved similarity matrix: Recall@1/5/10 both ways, SumR, median and mean ranks.
+    """Recall@1/5/10 both ways and SumR of a trained run, per query language.
 
-    No model is needed, so external systems can be compared on the same split.
-    A tie with the ground truth counts as a miss.
+    The gallery of the split is embedded once; queries are the human captions of each language. Results are printed as a table and written to eval/<lang>-<split>.json in the run.
+
+    With --scores and --labels, score a saved similarity matrix instead (no model needed), so external systems can be compared on the same split. A tie with the ground truth counts as a miss.
     """
+    from leccr_cli.errors import LeccrError
+
+    if scores is not None or labels is not None:
+        used = [name for name, value in (("RUN", run), ("--lang", langs), ("--split", split), ("--fusion", fusion),
+                                         ("--translate-test", translate_test or None), ("--corpus", corpus)) if value]
+        if scores is None or labels is None:
+            raise LeccrError("--scores and --labels go together", "give both files, or neither to evaluate a run")
+        if used:
+            raise LeccrError(f"{', '.join(used)} cannot be combined with --scores", "--scores evaluates a saved matrix, not a run")
+        _evaluate_scores(scores, labels, json_path, memory_budget or 1024)
+        return
+    _evaluate_run(run, langs, split, fusion, translate_test, corpus, batch_size, device, json_path, memory_budget)
+
+
+def _evaluate_run(run, langs, split, fusion, translate_test, corpus_path, batch_size, device, json_path, memory_budget) -> None:
+    import dataclasses
+
+    import torch
+
+    from leccr_cli.console import console
+    from leccr_cli.data.corpus import Corpus
+    from leccr_cli.evaluate import eval_languages, evaluate_languages, load_run, write_eval_json, write_metrics_json
+    from leccr_cli.train import latest_run
+
+    run_dir = run if run is not None else latest_run()
+    recipe, model = load_run(run_dir)
+    if memory_budget is not None:
+        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, memory_budget_mb=memory_budget))
+    corpus = Corpus.open(corpus_path or recipe.data.corpus)
+    split = split or recipe.data.test_split
+    languages = eval_languages(corpus, split, langs, recipe.eval.langs or recipe.data.target_langs)
+    model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    results = evaluate_languages(
+        model, corpus, split, languages, recipe, fusion=fusion, translate_test=translate_test, batch_size=batch_size
+    )
+    for lang, metrics in results.items():
+        write_eval_json(run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test)
+    mode = "".join([f", fusion {fusion:g}" if fusion is not None else "", ", translate-test" if translate_test else ""])
+    _report(results, title=f"{run_dir}: {split}{mode}", row_header="lang")
+    console.print(f"[green]Wrote[/] {run_dir / 'eval'}/ ({', '.join(results)})")
+    if json_path is not None:
+        console.print(f"[green]Wrote[/] {write_metrics_json(results, json_path)}")
+
+
+def _evaluate_scores(scores: Path, labels: Path, json_path: Path | None, memory_budget: int) -> None:
     from leccr_cli.evaluate import load_labels, load_score_matrix, recall_metrics
 
     matrix = load_score_matrix(scores)

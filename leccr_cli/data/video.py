@@ -40,11 +40,21 @@ class FrameFeatures:
     """Memory-mapped reader of a frame-feature file."""
 
     def __init__(self, path: str | Path):
-        from safetensors import safe_open
-
         self.path = Path(path)
         if not self.path.is_file():
             raise CorpusError(f"{self.path}: no such frame-feature file", "import it with `leccr data import-nrccr --video-feature`")
+        self._open()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}  # DataLoader workers reopen the file: safe_open handles do not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = state["path"]
+        self._open()
+
+    def _open(self) -> None:
+        from safetensors import safe_open
+
         self._file = safe_open(str(self.path), framework="pt")
         self.ids: list[str] = json.loads(self._file.metadata()["ids"])
         self._row = {video_id: i for i, video_id in enumerate(self.ids)}
