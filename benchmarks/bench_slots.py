@@ -113,7 +113,8 @@ def main() -> None:
     from leccr_cli.config import load_recipe
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.data.loading import Collator, ImageTransform, TextCleaning, TrainingSet, VisualSource, check_descriptions, training_examples
-    from leccr_cli.slots import SlotCache, build_slots, model_for_recipe, open_slot_cache
+    from leccr_cli.slots import SlotCache, build_slots, open_slot_cache
+    from leccr_cli.train import build_recipe_model
     from leccr_cli.train import _build_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +133,7 @@ def main() -> None:
             sizes[dtype] = (report.bytes, report.path.stat().st_blocks * 512, report.longest)
         width_stored = SlotCache.open(report.path).row(train_ids[0]).shape[1]
 
-        model = model_for_recipe(recipe, corpus)
+        model = build_recipe_model(recipe, corpus)
         data = recipe.data
         examples = training_examples(corpus, "train", data.source_lang, data.target_langs)
         descriptions = check_descriptions(corpus, data.descriptions, train_ids)

@@ -295,13 +295,7 @@ def encode_gallery(model, corpus, split: str, recipe, *, accelerator=None, batch
         features = open_slot_cache(model, corpus, split, recipe, descriptions=descriptions)
     transform = ImageTransform(model.image_size, model.image_mean, model.image_std, train=False)
     visual = VisualSource(corpus, split, transform, recipe.data.video_features)
-    collate = Collator(
-        model.tokenizer,
-        recipe.model.text.max_tokens,
-        recipe.model.text.description_max_tokens,
-        frames=visual.frames if corpus.modality == "video" else None,
-        max_frames=recipe.model.video.max_frames,
-    )
+    collate = Collator.for_model(model, recipe, visual)
     gallery_set = GallerySet(image_ids, visual, descriptions if features is None else None, description_features=features)
     loader = _loader(gallery_set, batch_size or recipe.eval.batch_size, collate, accelerator)
     device = _device(model, accelerator)

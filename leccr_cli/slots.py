@@ -439,46 +439,15 @@ class SplitReport:
 
 
 def _load_source(source: Path, overrides: Sequence[str]):
-    """(recipe, model or None, rebuild hint) of a recipe file or a run folder."""
-    import yaml
-
-    from leccr_cli.config import load_recipe, recipe_from_dict
-    from leccr_cli.errors import RunError
-    from leccr_cli.model.leccr import LeccrModel
+    """(recipe, model or None) of a recipe file or a run folder."""
+    from leccr_cli.config import load_recipe
+    from leccr_cli.evaluate import load_run
 
     if source.is_dir():
         if overrides:
             raise LeccrError("--set applies to a recipe file, not to a run folder", "drop --set, or give the recipe instead")
-        recipe_file = source / "recipe.yaml"
-        if not recipe_file.is_file() or not (source / "model" / "config.json").is_file():
-            raise RunError(
-                f"{source} is not a finished run folder (it needs recipe.yaml and model/)",
-                "give a recipe file, or the folder of a run written by `leccr train`",
-            )
-        try:
-            raw = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise RunError(f"{recipe_file}: not valid YAML ({error})") from None
-        return recipe_from_dict(raw, str(recipe_file)), LeccrModel.from_pretrained(source / "model")
+        return load_run(source)
     return load_recipe(source, list(overrides)), None
-
-
-def model_for_recipe(recipe, corpus):
-    """The model exactly as `leccr train` builds it from this recipe (same seed, same tokenizer texts)."""
-    from accelerate.utils import set_seed
-
-    from leccr_cli.data.loading import VisualSource
-    from leccr_cli.model.encoders import build_model
-    from leccr_cli.train import tokenizer_texts
-
-    set_seed(recipe.seed)
-    visual = VisualSource(corpus, recipe.data.train_split, None, recipe.data.video_features)
-    return build_model(
-        recipe.model,
-        modality=corpus.modality,
-        frame_dim=visual.frame_dim,
-        tokenizer_texts=tokenizer_texts(corpus, recipe) if recipe.model.text.config is not None else None,
-    )
 
 
 def _check_frozen(recipe, model, source: Path) -> None:
@@ -528,7 +497,7 @@ def build_slots(
 
     from leccr_cli.console import progress
     from leccr_cli.data.loading import check_descriptions
-    from leccr_cli.train import ensure_corpus, resolve_recipe_paths
+    from leccr_cli.train import build_recipe_model, ensure_corpus, resolve_recipe_paths
 
     if dtype not in DTYPES:
         raise LeccrError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -538,7 +507,7 @@ def build_slots(
     _check_frozen(recipe, model, source)
     corpus = ensure_corpus(recipe, PartialState())
     if model is None:
-        model = model_for_recipe(recipe, corpus)
+        model = build_recipe_model(recipe, corpus)
     _check_frozen(recipe, model, source)
     chosen = parse_splits(splits, corpus)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -192,6 +192,26 @@ def tokenizer_texts(corpus, recipe: Recipe) -> list[str]:
     return texts
 
 
+def build_recipe_model(recipe: Recipe, corpus):
+    """The model exactly as `train` builds it from a recipe: the same seed, the same tokenizer texts.
+
+    build-slots relies on this: a from-scratch frozen description encoder is a random init.
+    """
+    from accelerate.utils import set_seed
+
+    from leccr_cli.data.loading import VisualSource
+    from leccr_cli.model.encoders import build_model
+
+    set_seed(recipe.seed)
+    visual = VisualSource(corpus, recipe.data.train_split, None, recipe.data.video_features)
+    return build_model(
+        recipe.model,
+        modality=corpus.modality,
+        frame_dim=visual.frame_dim,
+        tokenizer_texts=tokenizer_texts(corpus, recipe) if recipe.model.text.config is not None else None,
+    )
+
+
 # -------------------------------------------------------------------------------- loop
 
 
@@ -230,7 +250,6 @@ def train(
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import ProjectConfiguration
-    from accelerate.utils import set_seed
     from rich.progress import TextColumn
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
@@ -246,7 +265,6 @@ def train(
         training_examples,
     )
     from leccr_cli.evaluate import evaluate_languages, metrics_table, write_eval_json
-    from leccr_cli.model.encoders import build_model
     from leccr_cli.model.leccr import LeccrModel
 
     recipe = resolve_recipe_paths(recipe)
@@ -302,15 +320,8 @@ def train(
         check_descriptions(corpus, data.descriptions, corpus.image_ids(split)) if uses_descriptions else None
     )
 
-    set_seed(recipe.seed)
-    from_scratch = recipe.model.text.config is not None
+    model = build_recipe_model(recipe, corpus)
     visual = VisualSource(corpus, split, None, data.video_features)
-    model = build_model(
-        recipe.model,
-        modality=corpus.modality,
-        frame_dim=visual.frame_dim,
-        tokenizer_texts=tokenizer_texts(corpus, recipe) if from_scratch else None,
-    )
     features = None  # frozen description features from a slot cache (leccr build-slots), else encoded live
     if descriptions is not None:  # a missing or stale cache (cache mode) is refused before the run folder is made
         from leccr_cli.slots import open_slot_cache
@@ -341,13 +352,7 @@ def train(
     dataset = TrainingSet(
         examples, visual, descriptions if features is None else None, cleaning, recipe.seed, description_features=features
     )
-    collate = Collator(
-        model.tokenizer,
-        recipe.model.text.max_tokens,
-        recipe.model.text.description_max_tokens,
-        frames=visual.frames if corpus.modality == "video" else None,
-        max_frames=recipe.model.video.max_frames,
-    )
+    collate = Collator.for_model(model, recipe, visual)
     loader = DataLoader(
         dataset,
         batch_size=per_device,

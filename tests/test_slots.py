@@ -81,10 +81,10 @@ def losses(run: Path) -> list[float]:
 
 
 def model_for(recipe_file: Path):
-    from leccr_cli.slots import model_for_recipe
+    from leccr_cli.train import build_recipe_model
 
     recipe = load_recipe(recipe_file)
-    return recipe, model_for_recipe(recipe, Corpus.open(recipe.data.corpus))
+    return recipe, build_recipe_model(recipe, Corpus.open(recipe.data.corpus))
 
 
 def edit_one_description(corpus_dir: Path, split: str = "train") -> str:
@@ -249,10 +249,10 @@ def test_other_settings_are_named(corpus_dir, tmp_path):
     # another seed is another from-scratch encoder: another folder, so no cache for it yet
     other_file = write_recipe(tmp_path, corpus_dir, "other")
     other = load_recipe(other_file, ["seed=1"])
-    from leccr_cli.slots import model_for_recipe
+    from leccr_cli.train import build_recipe_model
 
     with pytest.raises(CorpusError, match=r"no slot cache .*scratch-\w+/train.safetensors, was built from other inputs \(what differs: the description encoder's weights\)"):
-        open_slot_cache(model_for_recipe(other, Corpus.open(corpus_dir)), Corpus.open(corpus_dir), "train", other)
+        open_slot_cache(build_recipe_model(other, Corpus.open(corpus_dir)), Corpus.open(corpus_dir), "train", other)
 
 
 def test_auto_uses_a_matching_cache_and_ignores_a_stale_one(corpus_dir, tmp_path):
@@ -340,7 +340,7 @@ def test_a_run_folder_builds_the_cache_of_its_model(trained, tmp_path):
     reports = build_slots(run, splits="val")
     assert [r.status for r in reports] == ["up to date"]  # the run's frozen encoder is the recipe's
     bad = runner.invoke(app, ["build-slots", str(tmp_path)])
-    assert bad.exit_code == 2 and "not a finished run folder" in bad.output
+    assert bad.exit_code == 2 and "is not a run folder (no recipe.yaml)" in bad.output
 
 
 # ------------------------------------------------------------------------------- video

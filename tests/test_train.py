@@ -19,7 +19,7 @@ from conftest import tiny_recipe
 from leccr_cli.cli import app
 from leccr_cli.config import recipe_from_dict
 from leccr_cli.data.corpus import Caption, Corpus
-from leccr_cli.errors import CorpusError, LeccrError, RunError
+from leccr_cli.errors import LeccrError, RunError
 from leccr_cli.train import train
 
 runner = CliRunner()

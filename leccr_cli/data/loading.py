@@ -307,6 +307,17 @@ class Collator:
         self.frames = frames
         self.max_frames = max_frames
 
+    @classmethod
+    def for_model(cls, model, recipe, visual: "VisualSource") -> "Collator":
+        """The collator of `model` with the recipe's token limits (and frame features for video)."""
+        return cls(
+            model.tokenizer,
+            recipe.model.text.max_tokens,
+            recipe.model.text.description_max_tokens,
+            frames=visual.frames if visual.modality == "video" else None,
+            max_frames=recipe.model.video.max_frames,
+        )
+
     def _tokenize(self, texts: list[str], max_length: int):
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return encoded["input_ids"], encoded["attention_mask"]
