@@ -44,6 +44,8 @@ def progress(*extra_columns, disable: bool | None = None, transient: bool = Fals
     """
     if disable is None:
         disable = not is_main_process()
+    # a transient bar shows nothing worth keeping in a log (and leaves an empty line there)
+    disable = disable or (transient and not err_console.is_terminal)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
