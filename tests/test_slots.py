@@ -12,6 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from conftest import tiny_recipe
 from leccr_cli.cli import app
 from leccr_cli.config import load_recipe
 from leccr_cli.data.corpus import Caption, Corpus, ImageRow, write_corpus
@@ -25,52 +26,9 @@ runner = CliRunner()
 
 
 def write_recipe(folder: Path, corpus: Path, name: str = "frozen", **model) -> Path:
-    """A tiny from-scratch recipe in frozen description-encoder mode (no dropout, 3 steps)."""
-    recipe = {
-        "name": name,
-        "seed": 0,
-        "data": {
-            "corpus": str(corpus),
-            "target_langs": ["de", "fr", "cs"],
-            "descriptions": "synthetic",
-            "train_transform": "resize_center_crop",
-        },
-        "model": {
-            "vision": {
-                "name_or_path": None,
-                "image_size": 32,
-                "projection_dim": 32,
-                "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "patch_size": 8},
-            },
-            "text": {
-                "name_or_path": None,
-                "max_tokens": 24,
-                "description_max_tokens": 48,
-                "pooling": "mean",
-                "tokenizer": {"vocab_size": 500},
-                "config": {
-                    "hidden_size": 32,
-                    "intermediate_size": 64,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 4,
-                    "max_position_embeddings": 64,
-                    "hidden_dropout_prob": 0.0,
-                    "attention_probs_dropout_prob": 0.0,
-                },
-            },
-            "description_encoder": "frozen",
-            "description_features": "cache",
-            "joint_dim": 32,
-            "num_slots": 2,
-            "slot_layers": 1,
-            "interaction_layers": 1,
-            "heads": 4,
-            **model,
-        },
-        "optim": {"lr": 2e-3, "new_layer_lr_scale": 1.0, "warmup_ratio": 0.0, "max_steps": 3, "batch_size": 16},
-        "eval": {"every_steps": 3, "batch_size": 64},
-        "train": {"log_every_steps": 1, "keep_checkpoints": 1},
-    }
+    """`tiny_recipe` in frozen description-encoder mode reading the cache (3 steps)."""
+    recipe = tiny_recipe(corpus, name=name, optim={"max_steps": 3}, train={"keep_checkpoints": 1})
+    recipe["model"].update({"description_encoder": "frozen", "description_features": "cache", **model})
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
