@@ -285,7 +285,7 @@ def encode_gallery(model, corpus, split: str, recipe, *, accelerator=None, batch
     import torch
 
     from leccr_cli.data.loading import Collator, GallerySet, ImageTransform, VisualSource, check_descriptions
-    from leccr_cli.model.leccr import ImageEmbeddings
+    from leccr_cli.model.leccr import ImageEmbeddings, image_inputs
     from leccr_cli.slots import open_slot_cache
 
     image_ids = corpus.image_ids(corpus.check_split(split))
@@ -305,15 +305,7 @@ def encode_gallery(model, corpus, split: str, recipe, *, accelerator=None, batch
         for batch in loader:
             advance()
             batch = {k: v.to(device) for k, v in batch.items()}
-            embeds = model.embed_images(
-                pixel_values=batch.get("pixel_values"),
-                frames=batch.get("frames"),
-                frame_mask=batch.get("frame_mask"),
-                description_ids=batch.get("description_ids"),
-                description_mask=batch.get("description_mask"),
-                description_features=batch.get("description_features"),
-                description_features_mask=batch.get("description_features_mask"),
-            )
+            embeds = model.embed_images(**image_inputs(batch))
             globals_.append(_gather(embeds.global_embeds.float(), accelerator))
             if embeds.slot_embeds is not None:
                 slots.append(_gather(embeds.slot_embeds.float(), accelerator))

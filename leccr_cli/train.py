@@ -231,7 +231,7 @@ def _build_optimizer(model, recipe: Recipe):
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
-def _oom_error(error: Exception, recipe: Recipe, per_device: int) -> LeccrError:
+def _oom_error(error: Exception, per_device: int) -> LeccrError:
     return LeccrError(
         f"out of memory at a per-device batch of {per_device} ({error.__class__.__name__})",
         "lower optim.batch_size, raise optim.gradient_accumulation_steps, or set optim.mixed_precision: bf16",
@@ -450,7 +450,7 @@ def train(
                         scheduler.step()
                         optimizer.zero_grad()
                 except torch.cuda.OutOfMemoryError as error:
-                    raise _oom_error(error, recipe, per_device) from error
+                    raise _oom_error(error, per_device) from error
                 state.batches_in_epoch += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -488,7 +488,6 @@ def train(
             break
 
     # -- the best model on the test split
-    test_results: dict[str, dict[str, float]] = {}
     best = LeccrModel.from_pretrained(best_dir)
     best.to(accelerator.device)
     test_results = evaluate_languages(

@@ -29,6 +29,22 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+IMAGE_INPUTS = (
+    "pixel_values",
+    "frames",
+    "frame_mask",
+    "description_ids",
+    "description_mask",
+    "description_features",
+    "description_features_mask",
+)
+
+
+def image_inputs(batch: dict) -> dict:
+    """The image-side entries of a batch dict, as keyword arguments of `LeccrModel.embed_images`."""
+    return {key: batch.get(key) for key in IMAGE_INPUTS}
+
+
 def uses_descriptions(config: ModelConfig) -> bool:
     """Whether the recipe's switches leave anything that reads the descriptions."""
     return config.variant == "leccr" and (
@@ -319,6 +335,7 @@ class LeccrModel(nn.Module):
 
     def _encode_images(
         self,
+        *,
         pixel_values=None,
         frames=None,
         frame_mask=None,
@@ -370,7 +387,13 @@ class LeccrModel(nn.Module):
         Give the descriptions either as token ids (encoded here with F_c) or as cached features.
         """
         state = self._encode_images(
-            pixel_values, frames, frame_mask, description_ids, description_mask, description_features, description_features_mask
+            pixel_values=pixel_values,
+            frames=frames,
+            frame_mask=frame_mask,
+            description_ids=description_ids,
+            description_mask=description_mask,
+            description_features=description_features,
+            description_features_mask=description_features_mask,
         )
         slot_mask = state["slot_mask"] if state["slot_embeds"] is not None else None
         return ImageEmbeddings(state["global"], state["slot_embeds"], slot_mask)
@@ -400,15 +423,7 @@ class LeccrModel(nn.Module):
         processes with the same value are positives too.
         """
         config = self.config
-        state = self._encode_images(
-            batch.get("pixel_values"),
-            batch.get("frames"),
-            batch.get("frame_mask"),
-            batch.get("description_ids"),
-            batch.get("description_mask"),
-            batch.get("description_features"),
-            batch.get("description_features_mask"),
-        )
+        state = self._encode_images(**image_inputs(batch))
         english = self.embed_texts(batch["source_ids"], batch["source_mask"])
         target = self.embed_texts(batch["target_ids"], batch["target_mask"])
         image, ids = state["global"], batch.get("image_index")
