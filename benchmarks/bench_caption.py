@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def main() -> None:
@@ -40,7 +38,7 @@ def main() -> None:
     from leccr_cli.captioning import caption_corpus, open_describer
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.data.synth import build_synthetic
-    from tiny_models import build_tiny_llava
+    from leccr_cli.testing import build_tiny_llava
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-caption-"))

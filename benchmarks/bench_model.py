@@ -66,7 +66,7 @@ def worker(variant: str, batch_size: int, steps: int, warmup: int, device_name: 
     import torch
 
     from leccr_cli.config import load_recipe
-    from leccr_cli.model.encoders import build_model
+    from leccr_cli.model.factory import build_model
 
     device = torch.device(device_name)
     recipe = load_recipe(REPO / "recipes" / "demo.yaml")

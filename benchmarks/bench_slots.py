@@ -112,10 +112,10 @@ def main() -> None:
 
     from leccr_cli.config import load_recipe
     from leccr_cli.data.corpus import Corpus
-    from leccr_cli.data.loading import Collator, ImageTransform, TextCleaning, TrainingSet, VisualSource, check_descriptions, training_examples
-    from leccr_cli.slots import SlotCache, build_slots, open_slot_cache
-    from leccr_cli.train import build_recipe_model
-    from leccr_cli.train import _build_optimizer
+    from leccr_cli.data.loading import TrainingSet, check_descriptions
+    from leccr_cli.data.slot_cache import SlotCache
+    from leccr_cli.pipeline import build_model_for, build_optimizer, training_data
+    from leccr_cli.slots import build_slots
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -133,25 +133,18 @@ def main() -> None:
             sizes[dtype] = (report.bytes, report.path.stat().st_blocks * 512, report.longest)
         width_stored = SlotCache.open(report.path).row(train_ids[0]).shape[1]
 
-        model = build_recipe_model(recipe, corpus)
-        data = recipe.data
-        examples = training_examples(corpus, "train", data.source_lang, data.target_langs)
-        descriptions = check_descriptions(corpus, data.descriptions, train_ids)
-        cache = open_slot_cache(model, corpus, "train", recipe, descriptions=descriptions)
-        visual = VisualSource(corpus, "train", ImageTransform(model.image_size, model.image_mean, model.image_std), None)
-        collate = Collator(model.tokenizer, recipe.model.text.max_tokens, recipe.model.text.description_max_tokens)
+        model = build_model_for(recipe, corpus)
+        cached = training_data(recipe, corpus, model, rebuild_from=str(recipe_file))  # the recipe reads the cache
+        with_cache = cached.dataset
+        # the same examples, images and cleaning, with the description texts encoded live instead
+        descriptions = check_descriptions(corpus, recipe.data.descriptions, train_ids)
+        live = TrainingSet(with_cache.examples, with_cache.visual, descriptions, with_cache.cleaning, recipe.seed)
         loaders = {
-            "live encoding": DataLoader(
-                TrainingSet(examples, visual, descriptions, TextCleaning(max_words=30), 0),
-                batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-            ),
-            "slot cache": DataLoader(
-                TrainingSet(examples, visual, None, TextCleaning(max_words=30), 0, description_features=cache),
-                batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-            ),
+            mode: DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=cached.collate)
+            for mode, dataset in (("live encoding", live), ("slot cache", with_cache))
         }
         batches = {mode: _forever(loader) for mode, loader in loaders.items()}
-        optimizer = _build_optimizer(model, recipe)
+        optimizer = build_optimizer(model, recipe)
         model.train()
 
         def step(mode: str) -> float:

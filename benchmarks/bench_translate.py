@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 RUNS = (("sorted, batch 32", 32, True), ("unsorted, batch 32", 32, False), ("unsorted, batch 1", 1, False))
 
@@ -36,8 +34,8 @@ def main() -> None:
     import torch
     from transformers.utils import logging as transformers_logging
 
+    from leccr_cli.testing import build_tiny_marian
     from leccr_cli.translation import TranslationOptions, TranslationStats, make_engine
-    from tiny_models import build_tiny_marian
 
     transformers_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""Detailed visual descriptions from a multimodal LLM (`leccr caption`; DESIGN sections 1 and 3).
+"""Detailed visual descriptions from a multimodal LLM (`leccr caption`).
 
 A *describer* turns pictures into text: `describe(images, prompt) -> list[str]`, one
 description per entry of `images`, where an entry is the list of pictures of one gallery
@@ -6,9 +6,9 @@ item (one image, or the sampled frames of a video). `HFDescriber` implements it 
 Face image-text-to-text models (`llava`, `llava-next`, `auto`).
 
 `caption_corpus` describes a corpus gallery into `descriptions/<source>/` (image_id, text,
-model, prompt), resumably: every `shard_size` described images are written as a small
-dataset under the hidden folder `descriptions/.<source>.shards/`, each shard atomically;
-when the run ends, the shards and the rows already in `descriptions/<source>/` are merged,
+model, prompt), resumably: every `shard_size` described images are written as a shard
+(`leccr_cli.data.shards`) under the hidden folder `descriptions/.<source>.shards/`; when the
+run ends, the shards and the rows already in `descriptions/<source>/` are merged,
 in gallery order, into a new `descriptions/<source>/` (atomically) and the shard folder is
 removed. A rerun skips images that are already in the final dataset or in a shard, so an
 interrupted run finishes where it stopped and gives the same rows as an uninterrupted one.
@@ -18,20 +18,28 @@ processes (`split_between_processes`) and the main process merges every process'
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from leccr_cli.data.corpus import Corpus, read_description_table, write_description_table
+import torch
+import transformers
+from accelerate.utils import gather_object
+from PIL import Image
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from transformers.utils import logging as hf_logging
+
+from leccr_cli.console import RateColumn, progress
+from leccr_cli.data.corpus import DESCRIPTION_COLUMNS, Corpus
+from leccr_cli.data.shards import ShardStore
+from leccr_cli.devices import process_state, resolve_dtype, select_device
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
+    from PIL.Image import Image as Picture
 
 
 @dataclass(frozen=True)
@@ -71,10 +79,8 @@ DEFAULT_FRAMES = 4
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_SHARD_SIZE = 64
-DTYPES = ("auto", "bf16", "fp16", "fp32")
 ON_ERROR = ("stop", "skip")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-SETTINGS_FILE = "settings.json"
 
 
 class Describer(Protocol):
@@ -84,7 +90,7 @@ class Describer(Protocol):
     multi_image: bool  # whether one prompt may hold several pictures (video frames)
     max_new_tokens: int
 
-    def describe(self, images: Sequence[Sequence["Image"]], prompt: str) -> list[str]:
+    def describe(self, images: Sequence[Sequence["Picture"]], prompt: str) -> list[str]:
         """One description per entry; an entry is the pictures of one item."""
         ...
 
@@ -100,44 +106,9 @@ def get_backend(mllm: str) -> Backend:
         raise LeccrError(f"--mllm {mllm!r} is not a known backend", f"use one of {', '.join(MLLMS)}") from None
 
 
-def select_device(device: str | None):
-    """The torch device to run on (default: this process's GPU if there is one, else the CPU).
-
-    Also sets up accelerate's process state, so that a `torchrun`/`accelerate launch` run
-    talks over gloo on the CPU and over NCCL on GPUs.
-    """
-    import torch
-    from accelerate import PartialState
-
-    if device is not None:
-        try:
-            chosen = torch.device(device)
-        except RuntimeError:
-            raise LeccrError(f"--device {device!r} is not a device", "use cpu, cuda or cuda:N") from None
-        if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise LeccrError(f"--device {device}: CUDA is not available here", "use --device cpu")
-    state = PartialState(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
-    chosen = torch.device(device) if device is not None else state.device
-    return torch.device("cpu") if chosen.type == "cpu" else chosen
-
-
-def resolve_dtype(dtype: str, device):
-    """`--dtype` as a torch dtype; `auto` is bf16 on GPUs that support it, else fp32."""
-    import torch
-
-    if dtype not in DTYPES:
-        raise LeccrError(f"--dtype {dtype!r} is not supported", f"use one of {', '.join(DTYPES)}")
-    if dtype == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-
-
 def _model_type(model_id: str) -> str:
-    from transformers import AutoConfig
-
     try:
-        return AutoConfig.from_pretrained(model_id).model_type
+        return transformers.AutoConfig.from_pretrained(model_id).model_type
     except (OSError, ValueError) as error:
         where = "folder" if Path(model_id).exists() else "Hub id (is the Hub reachable? offline, give a local folder)"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -152,9 +123,11 @@ def open_describer(
     dtype: str = "auto",
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> "HFDescriber":
-    """Check the model's config and processor and return a describer that loads the weights on first use."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    """Check the model's config and processor and return a describer that loads the weights on first use.
 
+    `dtype` is auto, bf16, fp16 or fp32 (or a long spelling such as bfloat16); `auto` is bf16
+    or fp16 on a GPU, fp32 on the CPU.
+    """
     backend = get_backend(mllm)
     if max_new_tokens < 1:
         raise LeccrError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
@@ -194,9 +167,6 @@ class HFDescriber:
     """
 
     def __init__(self, *, model_id: str, backend: Backend, device, dtype, max_new_tokens: int, multi_image: bool):
-        import transformers
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
         self.model_id = model_id
         self.backend = backend
@@ -223,8 +193,6 @@ class HFDescriber:
         """Load the weights (once)."""
         if self.model is not None:
             return
-        import transformers
-
         try:
             model = getattr(transformers, self.backend.model_class).from_pretrained(
                 self.model_id, dtype=self.dtype, device_map=self.device
@@ -245,10 +213,8 @@ class HFDescriber:
         image_token = getattr(self.processor, "image_token", "<image>")
         return "USER: " + f"{image_token}\n" * images + f"{prompt} ASSISTANT:"
 
-    def describe(self, images: Sequence[Sequence["Image"]], prompt: str) -> list[str]:
+    def describe(self, images: Sequence[Sequence["Picture"]], prompt: str) -> list[str]:
         """Greedy descriptions of a batch: one per entry of `images` (a list of pictures each)."""
-        import torch
-
         self.load()
         texts = [self.format_prompt(prompt, len(pictures)) for pictures in images]
         inputs = self.processor(images=[list(p) for p in images], text=texts, return_tensors="pt", padding=True)
@@ -272,9 +238,7 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def _open_image(path: Path) -> "Image":
-    from PIL import Image
-
+def _open_image(path: Path) -> "Picture":
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
@@ -282,7 +246,7 @@ def _open_image(path: Path) -> "Image":
         raise ValueError(str(error) or type(error).__name__) from None
 
 
-def load_pictures(path: Path, frames: int | None) -> list["Image"]:
+def load_pictures(path: Path, frames: int | None) -> list["Picture"]:
     """The pictures of one gallery item: the image, or `frames` evenly sampled frames of a video folder.
 
     Raises ValueError with the reason when they cannot be read.
@@ -346,51 +310,6 @@ def check_prompt(prompt: str) -> str:
 def shard_folder(corpus: Corpus, source: str) -> Path:
     """Where unfinished descriptions of `source` wait to be merged."""
     return corpus.path / "descriptions" / f".{source}.shards"
-
-
-def _shard_rows(folder: Path) -> list[dict]:
-    if not folder.is_dir():
-        return []
-    shards = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("shard-"))
-    return [row for shard in shards for row in read_description_table(shard)]
-
-
-def _recorded_settings(folder: Path) -> dict | None:
-    """The settings of the run that left shards in `folder`: None if there is none, {} if unreadable."""
-    settings_file = folder / SETTINGS_FILE
-    if not settings_file.is_file():
-        return None
-    try:
-        return json.loads(settings_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _check_shard_settings(folder: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse to mix in unfinished shards made with other settings, unless they are to be discarded."""
-    previous = _recorded_settings(folder)
-    if previous is not None and previous != settings and not overwrite:
-        differing = ", ".join(k for k in settings if previous.get(k) != settings[k])
-        raise LeccrError(
-            f"{folder} holds unfinished descriptions made with other settings ({differing} differ)",
-            "rerun with the same settings to finish them, or pass --overwrite to discard them",
-        )
-
-
-def _reset_shard_folder(folder: Path, settings: dict) -> None:
-    """(Main process) discard shards of other settings and leftovers of killed writes; record the settings."""
-    previous = _recorded_settings(folder)
-    if previous is not None and previous != settings:
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for leftover in folder.glob(".*"):  # half-written shards of a killed run
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink()
-    temporary = folder / f".{SETTINGS_FILE}.{uuid.uuid4().hex[:8]}"
-    temporary.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    temporary.replace(folder / SETTINGS_FILE)
 
 
 def _check_final(rows: list[dict], folder: Path, model_id: str, prompt: str) -> None:
@@ -477,11 +396,6 @@ def caption_corpus(
     and path) or is listed in `report.failed` (`"skip"`). Runs under `torchrun`/`accelerate
     launch` split the work between processes.
     """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
-    from leccr_cli.console import RateColumn, progress
-
     source = check_source_name(source)
     for name, value in (("--batch-size", batch_size), ("--limit", limit), ("--frames", frames), ("shard size", shard_size)):
         if value is not None and value < 1:
@@ -502,18 +416,18 @@ def caption_corpus(
         gallery.setdefault(row.image_id, corpus.media_root / row.path)
     chosen = list(dict.fromkeys(image_id for split in (splits or corpus.splits) for image_id in corpus.image_ids(split)))
 
-    state = PartialState()
+    state = process_state()
     final = corpus.path / "descriptions" / source
-    shards = shard_folder(corpus, source)
     settings = {"model": describer.model_id, "prompt": prompt, "frames": frames, "max_new_tokens": describer.max_new_tokens}
-    _check_shard_settings(shards, settings, overwrite)
+    shards = ShardStore(shard_folder(corpus, source), settings, DESCRIPTION_COLUMNS)
+    shards.check(overwrite)
     kept = [] if overwrite or not final.is_dir() else corpus.description_rows(source)
     _check_final(kept, final, describer.model_id, prompt)
     state.wait_for_everyone()
     if state.is_main_process:
-        _reset_shard_folder(shards, settings)
+        shards.start()
     state.wait_for_everyone()
-    done = {row["image_id"] for row in kept} | {row["image_id"] for row in _shard_rows(shards)}
+    done = {row["image_id"] for row in kept} | {row["image_id"] for row in shards.rows()}
     todo = [image_id for image_id in chosen if image_id not in done][:limit]
     already = sum(image_id in done for image_id in chosen)
     state.wait_for_everyone()  # nobody writes a shard before every process has read the done set
@@ -524,7 +438,7 @@ def caption_corpus(
             task = bar.add_task(f"Describing ({source})", total=len(mine))
             described, failed = _describe_share(
                 mine, gallery, describer, prompt, frames, batch_size, on_error,
-                write=lambda rows: write_description_table(shards / f"shard-{uuid.uuid4().hex[:16]}", rows),
+                write=lambda rows: shards.write(uuid.uuid4().hex[:16], rows),
                 shard_size=shard_size, advance=lambda n: bar.advance(task, n),
             )
 
@@ -532,7 +446,7 @@ def caption_corpus(
     described = sum(gather_object([described]))
     state.wait_for_everyone()
     if state.is_main_process:
-        new_rows = _shard_rows(shards)
+        new_rows = shards.rows()
         if new_rows or overwrite or not final.is_dir():
             merged = {row["image_id"]: row for row in kept}
             merged.update((row["image_id"], row) for row in new_rows)
@@ -540,7 +454,7 @@ def caption_corpus(
             rows = sorted(merged.values(), key=lambda r: order.get(r["image_id"], len(order)))
             if rows:  # every image failed: nothing to write (an empty dataset cannot be read back)
                 corpus.write_descriptions(source, rows)
-        shutil.rmtree(shards)
+        shards.remove()
     state.wait_for_everyone()
     rows_written = len(corpus.description_rows(source)) if final.is_dir() else 0
     return CaptionReport(final, len(chosen), already, described, rows_written, failed)

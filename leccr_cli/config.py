@@ -8,6 +8,7 @@ dotted key and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -16,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from leccr_cli.errors import RecipeError
+import yaml
+
+from leccr_cli.errors import LeccrError, RecipeError
+from leccr_cli.fs import atomic_write_text
+from leccr_cli.languages import check_language
 
 
 def _limits(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
@@ -105,7 +110,7 @@ class TextConfig:
 
 @dataclass
 class ModelConfig:
-    """The LECCR model and its ablation switches (DESIGN section 4)."""
+    """The LECCR model and its ablation switches (docs/architecture.md, "The model")."""
 
     variant: Literal["leccr", "baseline"] = "leccr"
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -325,8 +330,6 @@ def model_config_from_dict(raw: Any, source: str = "model") -> ModelConfig:
 
 
 def _check_consistency(recipe: Recipe, source: str) -> None:
-    from leccr_cli.data.languages import check_language
-
     data = recipe.data
     if not data.corpus:
         raise RecipeError(f"{source}: data.corpus: missing; set it to a corpus folder (see `leccr data --help`)")
@@ -337,7 +340,7 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
     ]:
         try:
             check_language(code)
-        except Exception as error:
+        except LeccrError as error:
             raise RecipeError(f"{source}: {key}: {error}") from None
     if data.source_lang in data.target_langs:
         raise RecipeError(f"{source}: data.target_langs: contains the source language '{data.source_lang}'")
@@ -359,8 +362,6 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into (["a", "b", "c"], value parsed as YAML)."""
-    import yaml
-
     if "=" not in text:
         raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=2e-5")
     key, raw_value = text.split("=", 1)
@@ -376,8 +377,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return a copy of `raw` with each `a.b=value` override applied."""
-    import copy
-
     merged = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text)
@@ -395,8 +394,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def read_recipe_file(path: str | Path) -> dict:
     """Read a recipe YAML file into a raw mapping (no validation)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {path}: no such file", "give the path of a YAML recipe, e.g. recipes/demo.yaml")
@@ -430,7 +427,5 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    """Write the resolved recipe as YAML."""
-    import yaml
-
-    Path(path).write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    """Write the resolved recipe as YAML (atomically)."""
+    atomic_write_text(path, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True))

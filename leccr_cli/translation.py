@@ -7,28 +7,36 @@ in the chosen dtype, and splits the batches between the processes of an `acceler
 
 `translate_corpus` turns the human English captions of a corpus (or its MLLM descriptions)
 into `origin: mt` captions (and `origin: back` back-translations). Work in progress lives in
-`CORPUS/.translate-partial/<engine-model>/<job>/shard-NNNNN/` (HF datasets written
-atomically, never mistaken for a finished artifact); a rerun after an interruption reuses the
-finished shards and gives exactly the uninterrupted result.
+`CORPUS/.translate-partial/<engine-model>/<job>/shard-NNNNN/` (shards of `leccr_cli.data.shards`,
+never mistaken for a finished artifact); a rerun after an interruption reuses the finished
+shards and gives exactly the uninterrupted result. Shards left with other settings are
+refused unless `--overwrite`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from leccr_cli.data.corpus import Caption, Corpus, atomic_directory, translated_cap_id
-from leccr_cli.data.languages import check_language
+import torch
+from accelerate.utils import gather_object
+from rich.progress import ProgressColumn
+from rich.text import Text
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+from transformers.utils import logging as transformers_logging
+
+from leccr_cli.console import is_main_process, progress
+from leccr_cli.data.corpus import Caption, Corpus, translated_cap_id
+from leccr_cli.data.shards import ShardStore
+from leccr_cli.devices import dtype_name, parse_dtype, process_state, resolve_dtype
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
+from leccr_cli.languages import check_language
 
 ENGINES = ("marian", "nllb", "m2m100", "auto")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 MARIAN_MODEL_TEMPLATE = "Helsinki-NLP/opus-mt-{src}-{tgt}"
 PARTIAL_FOLDER = ".translate-partial"
 DEFAULT_SHARD_SIZE = 2048
@@ -63,7 +71,7 @@ class TranslationOptions:
     batch_size: int = 32
     max_tokens: int = 256  # source tokens kept per text (longer ones are truncated) and most tokens generated
     num_beams: int = 1
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto, bf16, fp16, fp32 (long spellings accepted)
     sort_by_length: bool = True
 
 
@@ -80,20 +88,6 @@ class TranslationStats:
     def add(self, other: "TranslationStats") -> None:
         for name in ("texts", "empty", "unique", "truncated", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-def process_state():
-    """accelerate's `PartialState`; launched on several processes without CUDA it joins them over gloo.
-
-    (`PartialState` alone only does that when told `cpu=True`; `accelerate launch --cpu` says so
-    through ACCELERATE_USE_CPU, torchrun does not.)
-    """
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not torch.cuda.is_available()))
 
 
 def _first_line(error: Exception) -> str:
@@ -125,8 +119,7 @@ class Seq2SeqEngine:
         if not self.model_template:
             raise LeccrError(f"--engine {self.name} needs --model (a Hub id or a local folder)")
         self.options = options or TranslationOptions()
-        if self.options.dtype not in DTYPES:
-            raise LeccrError(f"unknown dtype {self.options.dtype!r}", f"use one of {', '.join(DTYPES)}")
+        parse_dtype(self.options.dtype)
         self.state = process_state()
         self._loaded: tuple[str, object, object] | None = None
 
@@ -170,14 +163,9 @@ class Seq2SeqEngine:
         """What the `model` column records: `<engine>:<model id>`."""
         return f"{self.name}:{self.model_id(src, tgt)}"
 
-    def torch_dtype(self):
-        import torch
-
-        if self.options.dtype != "auto":
-            return getattr(torch, self.options.dtype)
-        if self.state.device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype the model runs in (`auto`: bf16 or fp16 on a GPU, fp32 on the CPU)."""
+        return resolve_dtype(self.options.dtype, self.state.device)
 
     def load(self, src: str, tgt: str) -> tuple[object, object]:
         """(model, tokenizer) for src -> tgt, loaded once and kept until another model is needed."""
@@ -185,10 +173,6 @@ class Seq2SeqEngine:
         if self._loaded is not None and self._loaded[0] == model_id:
             return self._loaded[1], self._loaded[2]
         self._loaded = None
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
-        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
-        from transformers.utils import logging as transformers_logging
-
         transformers_logging.disable_progress_bar()  # leccr shows its own progress
         hint = "give a local model folder, or a Hub id when the Hub is reachable"
         # Hub ids are `name` or `owner/name`; anything else names a folder
@@ -245,8 +229,6 @@ class Seq2SeqEngine:
 
     def generate(self, batch, src: str, tgt: str):
         """Token ids generated for an encoded batch (greedy unless num_beams > 1)."""
-        import torch
-
         model, tokenizer = self.load(src, tgt)
         kwargs = {"max_new_tokens": self.options.max_tokens, "num_beams": self.options.num_beams, "do_sample": False}
         forced = self.forced_bos_token_id(tokenizer, tgt)
@@ -298,8 +280,6 @@ class Seq2SeqEngine:
             if on_batch is not None:
                 on_batch(len(batch_indices))
         if self.state.num_processes > 1:
-            from accelerate.utils import gather_object
-
             done = gather_object(done)
 
         translations = [""] * len(texts)
@@ -422,122 +402,69 @@ class JobReport:
         return self.translated / self.seconds if self.seconds else 0.0
 
 
-class _Job:
-    """The partial folder of one job: a settings file and finished shards of (text, translation)."""
-
-    def __init__(self, corpus: Corpus, engine: Seq2SeqEngine, name: str, src: str, tgt: str, shard_size: int):
-        self.folder = corpus.path / PARTIAL_FOLDER / _slug(f"{engine.name}-{engine.model_id(src, tgt)}") / name
-        self.settings = {
-            "engine": engine.name,
-            "model": engine.model_id(src, tgt),
-            "src": src,
-            "tgt": tgt,
-            "max_tokens": engine.options.max_tokens,
-            "num_beams": engine.options.num_beams,
-            "dtype": str(engine.torch_dtype()),
-            "shard_size": shard_size,
-        }
-
-    def _same_settings(self) -> bool:
-        try:
-            return json.loads((self.folder / "job.json").read_text(encoding="utf-8")) == self.settings
-        except (OSError, ValueError):
-            return False
-
-    def finished_shards(self) -> dict[str, str]:
-        """text -> translation from the finished shards, if they were made with the same settings."""
-        if not self._same_settings():
-            return {}
-        from datasets import load_from_disk
-
-        done: dict[str, str] = {}
-        for shard in sorted(self.folder.glob("shard-*")):
-            table = load_from_disk(str(shard)).data.table
-            done.update(zip(table.column("text").to_pylist(), table.column("translation").to_pylist()))
-        return done
-
-    def shard_count(self) -> int:
-        return len(list(self.folder.glob("shard-*")))
-
-    def start(self) -> None:
-        """Main process: drop shards made with other settings, then record this job's settings."""
-        if self._same_settings():
-            return
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True)
-        temporary = self.folder / ".job.json.tmp"
-        temporary.write_text(json.dumps(self.settings, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, self.folder / "job.json")
-
-    def write_shard(self, index: int, texts: list[str], translations: list[str]) -> None:
-        from datasets import Dataset, Features, Value
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
-        features = Features({"text": Value("string"), "translation": Value("string")})
-        with atomic_directory(self.folder / f"shard-{index:05d}") as folder:
-            shutil.rmtree(folder)
-            Dataset.from_dict({"text": texts, "translation": translations}, features=features).save_to_disk(str(folder))
-
-    def remove(self) -> None:
-        """Main process: delete the partial folder, and its parents once they are empty."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        for parent in (self.folder.parent, self.folder.parent.parent):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+def _job_store(corpus: Corpus, engine: Seq2SeqEngine, name: str, src: str, tgt: str, shard_size: int) -> ShardStore:
+    """The shard store of one job: finished (text, translation) shards and the settings they were made with."""
+    settings = {
+        "engine": engine.name,
+        "model": engine.model_id(src, tgt),
+        "src": src,
+        "tgt": tgt,
+        "max_tokens": engine.options.max_tokens,
+        "num_beams": engine.options.num_beams,
+        "dtype": dtype_name(engine.torch_dtype()),
+        "shard_size": shard_size,
+    }
+    folder = corpus.path / PARTIAL_FOLDER / _slug(f"{engine.name}-{engine.model_id(src, tgt)}") / name
+    return ShardStore(folder, settings, ("text", "translation"))
 
 
-def _rate_column():
-    from rich.progress import ProgressColumn
-    from rich.text import Text
+class SentencesPerSecond(ProgressColumn):
+    """Sentences per second of a progress task."""
 
-    class SentencesPerSecond(ProgressColumn):
-        def render(self, task) -> Text:
-            return Text(f"{task.speed or 0:.1f} sent/s", style="progress.data.speed")
-
-    return SentencesPerSecond()
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:.1f} sent/s", style="progress.data.speed")
 
 
 def _translate_resumable(
     engine: Seq2SeqEngine,
-    job: _Job,
+    job: ShardStore,
     label: str,
     texts: list[str],
     src: str,
     tgt: str,
     report: JobReport,
+    overwrite: bool,
     on_shard: Callable[[int], None] | None,
     show_progress: bool,
 ) -> dict[str, str]:
     """text -> translation for every distinct non-empty text of `texts`, shard by shard.
 
-    Shards already finished by an interrupted run with the same settings are reused; the
-    rest is cut into shards in the same order an uninterrupted run would have used.
+    Shards already finished by an interrupted run with the same settings are reused (shards
+    made with other settings are refused unless `overwrite` discards them); the rest is cut
+    into shards in the same order an uninterrupted run would have used.
     """
-    from leccr_cli.console import is_main_process, progress
-
     state = engine.state
     shard_size = job.settings["shard_size"]
     filled = [text for text in texts if text.strip()]
     unique = list(dict.fromkeys(filled))
     report.empty_sources = len(texts) - len(filled)
     report.duplicates = len(filled) - len(unique)
+    job.check(overwrite)
+    state.wait_for_everyone()
     if is_main_process():
         job.start()
     state.wait_for_everyone()
-    done = job.finished_shards()
+    done = {row["text"]: row["translation"] for row in job.rows()}
     report.resumed = sum(1 for text in unique if text in done)
     remaining = [text for text in unique if text not in done]
-    first_shard = job.shard_count()
+    first_shard = job.count()
     state.wait_for_everyone()
 
     stats = TranslationStats()
     if not remaining:
         return done
     engine.load(src, tgt)  # a model that cannot load fails before the progress bar starts
-    with progress(_rate_column(), disable=not show_progress or not is_main_process()) as bar:
+    with progress(SentencesPerSecond(), disable=not show_progress or not is_main_process()) as bar:
         task = bar.add_task(label, total=len(remaining))
         for number, start in enumerate(range(0, len(remaining), shard_size)):
             chunk = remaining[start : start + shard_size]
@@ -550,7 +477,8 @@ def _translate_resumable(
 
             translations = engine.translate(chunk, src, tgt, stats=stats, on_batch=advance)
             if is_main_process():
-                job.write_shard(first_shard + number, chunk, translations)
+                rows = [{"text": text, "translation": translation} for text, translation in zip(chunk, translations)]
+                job.write(f"{first_shard + number:05d}", rows)
             bar.update(task, completed=end)
             done.update(zip(chunk, translations))
             if on_shard is not None:
@@ -559,11 +487,9 @@ def _translate_resumable(
     return done
 
 
-def _finish(engine: Seq2SeqEngine, job: _Job) -> None:
-    from leccr_cli.console import is_main_process
-
+def _finish(engine: Seq2SeqEngine, corpus: Corpus, job: ShardStore) -> None:
     if is_main_process():
-        job.remove()
+        job.remove(prune_up_to=corpus.path / PARTIAL_FOLDER)
     engine.state.wait_for_everyone()
 
 
@@ -580,8 +506,6 @@ def _caption_job(
     show_progress: bool,
 ) -> JobReport:
     """Translate the `src` captions of a split into `tgt` rows of `origin` (mt: from human, back: from mt)."""
-    from leccr_cli.console import is_main_process
-
     corpus = Corpus.open(corpus_path)
     captions = corpus.captions()
     source_origin = "human" if origin == "mt" else "mt"
@@ -605,10 +529,10 @@ def _caption_job(
     report.already_done = len(sources) - len(todo)
     report.removed = len(removed)
 
-    job = _Job(corpus, engine, f"{split}-{src}2{tgt}-{origin}", src, tgt, shard_size)
+    job = _job_store(corpus, engine, f"{split}-{src}2{tgt}-{origin}", src, tgt, shard_size)
     label = f"{split} {src}->{tgt}" + (" (back)" if origin == "back" else "")
     translations = _translate_resumable(
-        engine, job, label, [c.text for c in todo], src, tgt, report, on_shard, show_progress
+        engine, job, label, [c.text for c in todo], src, tgt, report, overwrite, on_shard, show_progress
     )
     rows = []
     for caption in todo:
@@ -622,7 +546,7 @@ def _caption_job(
     report.written = len(rows)
     if is_main_process() and (rows or removed):
         corpus.add_captions(rows, replace=True, remove=removed)
-    _finish(engine, job)
+    _finish(engine, corpus, job)
     return report
 
 
@@ -639,8 +563,6 @@ def _description_job(
     show_progress: bool,
 ) -> JobReport:
     """Translate descriptions/<source>/ (images of `splits`) into descriptions/<source>-<tgt>/."""
-    from leccr_cli.console import is_main_process
-
     corpus = Corpus.open(corpus_path)
     rows = corpus.description_rows(source)
     wanted = {image_id for split in splits for image_id in corpus.image_ids(split)}
@@ -665,9 +587,10 @@ def _description_job(
     report.already_done = len(sources) - len(todo)
     report.removed = len(existing) - len(kept)
 
-    job = _Job(corpus, engine, f"descriptions-{_slug(source)}-{src}2{tgt}", src, tgt, shard_size)
+    job = _job_store(corpus, engine, f"descriptions-{_slug(source)}-{src}2{tgt}", src, tgt, shard_size)
     translations = _translate_resumable(
-        engine, job, f"{source} {src}->{tgt}", [row["text"] for row in todo], src, tgt, report, on_shard, show_progress
+        engine, job, f"{source} {src}->{tgt}", [row["text"] for row in todo], src, tgt, report, overwrite,
+        on_shard, show_progress,
     )
     new_rows = []
     for row in todo:
@@ -679,7 +602,7 @@ def _description_job(
     report.written = len(new_rows)
     if is_main_process() and (new_rows or report.removed):
         corpus.write_descriptions(output, kept + new_rows)
-    _finish(engine, job)
+    _finish(engine, corpus, job)
     return report
 
 

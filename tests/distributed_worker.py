@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from leccr_cli.config import LossConfig
 from leccr_cli.model import losses
-from leccr_cli.model.leccr import LeccrModel
+from leccr_cli.model.factory import load_model
 
 
 def local_rows(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -66,7 +66,7 @@ def loss_results(inputs: dict, rank: int, world: int) -> dict:
 
 
 def model_results(model_dir: str, batch: dict, rank: int, world: int) -> dict:
-    model = LeccrModel.from_pretrained(model_dir)
+    model = load_model(model_dir)
     model.train()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     local = {k: local_rows(v, rank, world) for k, v in batch.items()}

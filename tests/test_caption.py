@@ -46,7 +46,7 @@ def llava(tiny_llava_dir):
 
 @pytest.fixture(scope="module")
 def tiny_llava_next_dir(tmp_path_factory):
-    from tiny_models import build_tiny_llava_next
+    from leccr_cli.testing import build_tiny_llava_next
 
     return build_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava-next"))
 
@@ -191,7 +191,7 @@ def test_unfinished_shards_of_other_settings_are_refused(corpus, llava):
     with pytest.raises(KeyboardInterrupt):
         caption_corpus(corpus, Watched(llava, stop_at=2), source="llava", splits=["train"], shard_size=1, batch_size=2,
                        show_progress=False)
-    with pytest.raises(LeccrError, match=r"unfinished descriptions made with other settings \(prompt differ\)"):
+    with pytest.raises(LeccrError, match=r"unfinished work made with other settings \(prompt differ\)"):
         caption_corpus(corpus, llava, source="llava", prompt="describe the shapes", show_progress=False)
     report = caption_corpus(corpus, llava, source="llava", splits=["train"], prompt="describe the shapes",
                             overwrite=True, show_progress=False)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from leccr_cli.data.corpus import Caption, Corpus, ImageRow, translated_cap_id, write_corpus
-from leccr_cli.errors import CorpusError
+from leccr_cli.errors import CorpusError, LeccrError
 
 IMAGES = [ImageRow("a", "train", "a.jpg"), ImageRow("b", "test", "b.jpg")]
 CAPTIONS = [
@@ -88,7 +88,7 @@ def test_non_empty_output_needs_overwrite(tmp_path):
     out = tmp_path / "c"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(CorpusError, match="exists and is not empty.*--overwrite"):
+    with pytest.raises(LeccrError, match="exists and is not empty.*--overwrite"):
         _write(out)
     assert (out / "keep.txt").read_text() == "mine"
     _write(out, overwrite=True)

@@ -18,7 +18,7 @@ import torch
 
 from leccr_cli.config import LossConfig, ModelConfig, TextConfig, VisionConfig
 from leccr_cli.model import losses
-from leccr_cli.model.encoders import build_model
+from leccr_cli.model.factory import build_model, load_model
 from leccr_cli.model.leccr import LeccrModel
 
 WORLD = 2
@@ -168,7 +168,7 @@ def test_two_processes_match_one_process_on_the_union_batch(tmp_path):
                 _assert_close(got["grads"][key] / WORLD, local, f"{name} d/d{key} on rank {rank}")
 
     # the LECCR model under DDP: same loss, same terms, same averaged parameter gradients
-    reference = LeccrModel.from_pretrained(tmp_path / "model")
+    reference = load_model(tmp_path / "model")
     reference.train()
     output = reference(batch, LossConfig(w_c=0.3, w_kl=0.4, w_cv=0.2, w_reg=0.1))
     output.loss.backward()

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from leccr_cli.cli import app
-from leccr_cli.evaluate import load_labels, recall_metrics
+from leccr_cli.metrics import load_labels, recall_metrics
 
 runner = CliRunner()
 

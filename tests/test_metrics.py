@@ -5,7 +5,7 @@ import torch
 from rich.console import Console
 
 from leccr_cli.errors import EvaluationError
-from leccr_cli.evaluate import (
+from leccr_cli.metrics import (
     metrics_from_ranks,
     metrics_table,
     recall_metrics,

@@ -14,7 +14,7 @@ from PIL import Image
 from leccr_cli.config import LossConfig, ModelConfig, TextConfig, VideoConfig, VisionConfig, load_recipe
 from leccr_cli.data.corpus import Corpus
 from leccr_cli.errors import ModelError
-from leccr_cli.model.encoders import build_model
+from leccr_cli.model.factory import build_model, load_model
 from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel
 
 SWITCHES = ("slots", "interaction", "multi_level_matching", "english_guidance", "description_vision", "slot_diversity")
@@ -328,7 +328,7 @@ def test_video_model_masks_padded_frames(tiny_bert_dir, tmp_path):
         model({**batch, "frames": torch.randn(3, 7, 12), "frame_mask": None}, LOSS)
 
     model.eval().save_pretrained(tmp_path / "video-model")
-    loaded = LeccrModel.from_pretrained(tmp_path / "video-model").eval()
+    loaded = load_model(tmp_path / "video-model").eval()
     assert loaded.modality == "video" and loaded.frame_dim == 12
     assert torch.equal(loaded(batch, LOSS).loss, model(batch, LOSS).loss)
 
@@ -381,7 +381,7 @@ def test_save_and_load_rebuilds_the_same_model(config, batch, tmp_path):
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"config.json", "model.safetensors", "text", "vision", "description_encoder", "tokenizer.json"} <= files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder left behind
-    loaded = LeccrModel.from_pretrained(tmp_path / "model").eval()
+    loaded = load_model(tmp_path / "model").eval()
     assert loaded.config == model.config and loaded.image_mean == model.image_mean and loaded.image_size == 32
     assert loaded.tokenize(["a red circle"], 8)["input_ids"].tolist() == model.tokenize(["a red circle"], 8)["input_ids"].tolist()
     assert torch.equal(loaded(batch, LOSS).loss, model(batch, LOSS).loss)
@@ -389,7 +389,7 @@ def test_save_and_load_rebuilds_the_same_model(config, batch, tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     # saving again over the same folder replaces it
     loaded.save_pretrained(tmp_path / "model")
-    assert LeccrModel.from_pretrained(tmp_path / "model").config == model.config
+    assert load_model(tmp_path / "model").config == model.config
 
 
 def test_image_statistics_come_from_the_preprocessor_config(tmp_path, tiny_clip_dir, tiny_bert_dir):
@@ -408,7 +408,7 @@ def test_image_statistics_come_from_the_preprocessor_config(tmp_path, tiny_clip_
 
 
 def test_user_errors_are_model_errors(tmp_path, tiny_clip_dir, tiny_bert_dir):
-    from tiny_models import build_tiny_bert
+    from leccr_cli.testing import build_tiny_bert
 
     with pytest.raises(ModelError, match="'bert' model, not a CLIP vision model"):
         build_model(tiny_config(tiny_bert_dir, tiny_bert_dir))
@@ -439,13 +439,13 @@ def test_user_errors_are_model_errors(tmp_path, tiny_clip_dir, tiny_bert_dir):
     with pytest.raises(ModelError, match="tokenizer_texts"):
         build_model(tiny_config(tiny_clip_dir, tiny_bert_dir, text=scratch_text))
     with pytest.raises(ModelError, match="is not a leccr model"):
-        LeccrModel.from_pretrained(tiny_bert_dir)
+        load_model(tiny_bert_dir)
     with pytest.raises(ModelError, match="cannot read config.json"):
-        LeccrModel.from_pretrained(tmp_path / "nowhere")
+        load_model(tmp_path / "nowhere")
     saved = tmp_path / "saved"
     build_model(tiny_config(tiny_clip_dir, tiny_bert_dir, variant="baseline")).save_pretrained(saved)
     meta = json.loads((saved / "config.json").read_text())
     meta["model"]["num_slot"] = 4
     (saved / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="model.num_slot: unknown key"):
-        LeccrModel.from_pretrained(saved)
+        load_model(saved)

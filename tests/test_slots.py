@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import pickle
 import shutil
@@ -12,14 +14,15 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_recipe
+from leccr_cli.testing import tiny_recipe
 from leccr_cli.cli import app
 from leccr_cli.config import load_recipe
 from leccr_cli.data.corpus import Caption, Corpus, ImageRow, write_corpus
 from leccr_cli.data.video import write_frame_features
 from leccr_cli.errors import CorpusError
 from leccr_cli.evaluate import encode_gallery, evaluate_languages
-from leccr_cli.slots import SlotCache, build_slots, open_slot_cache
+from leccr_cli.data.slot_cache import SlotCache, open_slot_cache
+from leccr_cli.slots import build_slots
 from leccr_cli.train import train
 
 runner = CliRunner()
@@ -39,10 +42,21 @@ def losses(run: Path) -> list[float]:
 
 
 def model_for(recipe_file: Path):
-    from leccr_cli.train import build_recipe_model
+    from leccr_cli.pipeline import build_model_for
 
     recipe = load_recipe(recipe_file)
-    return recipe, build_recipe_model(recipe, Corpus.open(recipe.data.corpus))
+    return recipe, build_model_for(recipe, Corpus.open(recipe.data.corpus))
+
+
+def with_features(model, mode: str):
+    """A copy of `model` whose config reads description features `mode` (live, cache, auto)."""
+    clone = copy.deepcopy(model)
+    clone.config = dataclasses.replace(clone.config, description_features=mode)
+    return clone
+
+
+def cache_for(model, corpus, split: str, rebuild_from="RECIPE"):
+    return open_slot_cache(model, corpus, split, "synthetic", rebuild_from=rebuild_from)
 
 
 def edit_one_description(corpus_dir: Path, split: str = "train") -> str:
@@ -131,7 +145,7 @@ def test_batches_from_the_cache_are_trimmed_to_their_longest_row(corpus_dir, tmp
     build_slots(recipe_file, splits="test")
     recipe, model = model_for(recipe_file)
     corpus = Corpus.open(corpus_dir)
-    cache = open_slot_cache(model, corpus, "test", recipe)
+    cache = cache_for(model, corpus, "test")
     ids = corpus.image_ids("test")
     visual = VisualSource(corpus, "test", lambda image, rng=None: torch.zeros(3, 32, 32), None)
     dataset = GallerySet(ids, visual, None, description_features=cache)
@@ -159,26 +173,26 @@ def fake_run(recipe_file: Path, folder: Path) -> Path:
 
 
 def test_a_stale_cache_is_detected_and_refused(corpus_dir, tmp_path):
-    from leccr_cli.model.leccr import LeccrModel
+    from leccr_cli.model.factory import load_model
 
     recipe_file = write_recipe(tmp_path, corpus_dir)
     run = fake_run(recipe_file, tmp_path / "run")
     build_slots(run)
     edited = edit_one_description(corpus_dir)
-    recipe, model = load_recipe(run / "recipe.yaml"), LeccrModel.from_pretrained(run / "model")
+    recipe, model = load_recipe(run / "recipe.yaml"), load_model(run / "model")
     corpus = Corpus.open(corpus_dir)
     with pytest.raises(CorpusError) as caught:
-        open_slot_cache(model, corpus, "train", recipe)
+        cache_for(model, corpus, "train", run)
     message = str(caught.value)
     assert "does not match" in message and "descriptions/synthetic, changed since the cache was built" in message
     assert "weights" not in message and "tokenizer" not in message
     assert f"`leccr build-slots {run} --split train --overwrite`" in message
-    assert open_slot_cache(model, corpus, "val", recipe) is not None  # other splits are untouched
+    assert cache_for(model, corpus, "val", run) is not None  # other splits are untouched
     # build-slots refuses to skip it, and rebuilds it with --overwrite
     with pytest.raises(CorpusError, match="exists and does not match.*pass --overwrite"):
         build_slots(run, splits="train")
     build_slots(run, splits="train", overwrite=True)
-    cache = open_slot_cache(model, corpus, "train", recipe)
+    cache = cache_for(model, corpus, "train", run)
     assert cache.lengths[cache.image_ids.index(edited)] > 0
 
 
@@ -203,27 +217,27 @@ def test_other_settings_are_named(corpus_dir, tmp_path):
         **yaml.safe_load(recipe_file.read_text())["model"]["text"], "description_max_tokens": 40
     }))
     with pytest.raises(CorpusError, match=r"description_max_tokens \(cache: 48, now: 40\)"):
-        open_slot_cache(model, Corpus.open(corpus_dir), "train", recipe)
+        cache_for(model, Corpus.open(corpus_dir), "train")
     # another seed is another from-scratch encoder: another folder, so no cache for it yet
     other_file = write_recipe(tmp_path, corpus_dir, "other")
     other = load_recipe(other_file, ["seed=1"])
-    from leccr_cli.train import build_recipe_model
+    from leccr_cli.pipeline import build_model_for
 
     with pytest.raises(CorpusError, match=r"no slot cache .*scratch-\w+/train.safetensors, was built from other inputs \(what differs: the description encoder's weights\)"):
-        open_slot_cache(build_recipe_model(other, Corpus.open(corpus_dir)), Corpus.open(corpus_dir), "train", other)
+        cache_for(build_model_for(other, Corpus.open(corpus_dir)), Corpus.open(corpus_dir), "train")
 
 
 def test_auto_uses_a_matching_cache_and_ignores_a_stale_one(corpus_dir, tmp_path):
     recipe_file = write_recipe(tmp_path, corpus_dir, description_features="auto")
     recipe, model = model_for(recipe_file)
     corpus = Corpus.open(corpus_dir)
-    assert open_slot_cache(model, corpus, "train", recipe) is None  # none built yet: live
+    assert cache_for(model, corpus, "train") is None  # none built yet: live
     build_slots(recipe_file, splits="train")
-    assert isinstance(open_slot_cache(model, corpus, "train", recipe), SlotCache)
+    assert isinstance(cache_for(model, corpus, "train"), SlotCache)
     edit_one_description(corpus_dir)
-    assert open_slot_cache(model, Corpus.open(corpus_dir), "train", recipe) is None
-    live = load_recipe(recipe_file, ["model.description_features=live"])
-    assert open_slot_cache(model, corpus, "val", live) is None
+    assert cache_for(model, Corpus.open(corpus_dir), "train") is None
+    build_slots(recipe_file, splits="val")
+    assert cache_for(with_features(model, "live"), corpus, "val") is None
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -234,13 +248,13 @@ def test_evaluation_from_the_cache_equals_live_encoding(corpus_dir, tmp_path):
     build_slots(recipe_file, splits="test", dtype="fp32")
     recipe, model = model_for(recipe_file)
     corpus = Corpus.open(corpus_dir)
-    live = load_recipe(recipe_file, ["model.description_features=live"])
+    live = with_features(model, "live")
     ids, from_cache = encode_gallery(model, corpus, "test", recipe)
-    _, encoded = encode_gallery(model, corpus, "test", live)
+    _, encoded = encode_gallery(live, corpus, "test", recipe)
     assert len(ids) == 15
     torch.testing.assert_close(from_cache.global_embeds, encoded.global_embeds, atol=1e-5, rtol=0)
     torch.testing.assert_close(from_cache.slot_embeds, encoded.slot_embeds, atol=1e-5, rtol=0)
-    assert evaluate_languages(model, corpus, "test", ["de"], recipe) == evaluate_languages(model, corpus, "test", ["de"], live)
+    assert evaluate_languages(model, corpus, "test", ["de"], recipe) == evaluate_languages(live, corpus, "test", ["de"], recipe)
 
 
 # ---------------------------------------------------------------------------- the command
@@ -335,9 +349,8 @@ def test_a_video_corpus_round_trip(synthetic_corpus, tmp_path):
     recipe, model = model_for(recipe_file)
     assert model.modality == "video"
     corpus = Corpus.open(corpus_dir)
-    live = load_recipe(recipe_file, ["model.description_features=live"])
     _, from_cache = encode_gallery(model, corpus, "val", recipe)
-    _, encoded = encode_gallery(model, corpus, "val", live)
+    _, encoded = encode_gallery(with_features(model, "live"), corpus, "val", recipe)
     torch.testing.assert_close(from_cache.global_embeds, encoded.global_embeds, atol=1e-5, rtol=0)
     short = ["optim.max_steps=2", "eval.every_steps=2"]
     cached_run = train(load_recipe(recipe_file, short), tmp_path / "cached").run_dir
@@ -355,7 +368,7 @@ def test_each_process_reads_only_the_rows_of_its_batches(corpus_dir, tmp_path):
     build_slots(recipe_file, splits="train")
     recipe, model = model_for(recipe_file)
     corpus = Corpus.open(corpus_dir)
-    cache = open_slot_cache(model, corpus, "train", recipe)
+    cache = cache_for(model, corpus, "train")
     read = []
     row = cache.row
     cache.row = lambda image_id: read.append(image_id) or row(image_id)
@@ -373,3 +386,17 @@ def test_each_process_reads_only_the_rows_of_its_batches(corpus_dir, tmp_path):
 
 def test_help_lists_build_slots():
     assert "build-slots" in runner.invoke(app, ["--help"]).output
+
+
+def test_unpooled_description_slots_over_several_gallery_batches_equal_one_by_one(corpus_dir, tmp_path):
+    # model.slots: false: the slot embeddings are the padded description tokens, of another length in every batch
+    recipe_file = write_recipe(tmp_path, corpus_dir, slots=False, description_features="live")
+    recipe, model = model_for(recipe_file)
+    corpus = Corpus.open(corpus_dir)
+    ids, batched = encode_gallery(model, corpus, "test", recipe, batch_size=4)
+    one_by_one = [encode_gallery(model, corpus, "test", recipe, batch_size=1)[1]]
+    whole = encode_gallery(model, corpus, "test", recipe, batch_size=len(ids))[1]
+    assert batched.slot_mask is not None and batched.slot_embeds.shape[:2] == batched.slot_mask.shape
+    texts = torch.nn.functional.normalize(torch.randn(6, batched.global_embeds.shape[1]), dim=-1)
+    for other in one_by_one + [whole]:
+        torch.testing.assert_close(model.score(texts, batched, fusion=0.5), model.score(texts, other, fusion=0.5), atol=1e-5, rtol=0)

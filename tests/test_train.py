@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import tiny_recipe
+from leccr_cli.testing import tiny_recipe
 from leccr_cli.cli import app
 from leccr_cli.config import recipe_from_dict
 from leccr_cli.data.corpus import Caption, Corpus
@@ -194,7 +194,7 @@ def test_default_run_folders_do_not_collide(synthetic_corpus, tmp_path, monkeypa
     first = train(recipe_from_dict(raw))
     second = train(recipe_from_dict(raw))
     assert (first.run_dir, second.run_dir) == (Path("runs/tiny"), Path("runs/tiny-2"))
-    from leccr_cli.train import latest_run
+    from leccr_cli.runs import latest_run
 
     assert latest_run() == Path("runs/tiny-2")
 
@@ -250,9 +250,9 @@ def test_a_video_corpus_trains_and_evaluates(tmp_path):
     raw["optim"]["max_steps"] = 4
     result = train(recipe_from_dict(raw), tmp_path / "run")
     assert set(result.test) == {"de"} and 0 <= result.test["de"]["t2i_r1"] <= 100
-    from leccr_cli.model.leccr import LeccrModel
+    from leccr_cli.model.factory import load_model
 
-    model = LeccrModel.from_pretrained(tmp_path / "run" / "model")
+    model = load_model(tmp_path / "run" / "model")
     assert model.modality == "video" and model.frame_dim == 12
 
 

@@ -81,7 +81,7 @@ def small_corpus(val, tmp_path_factory):
 @pytest.fixture(scope="module")
 def marian_template(val, tmp_path_factory):
     """`<dir>/tiny-{src}-{tgt}`: one tiny Marian folder, linked under the names of several pairs."""
-    from tiny_models import build_tiny_marian
+    from leccr_cli.testing import build_tiny_marian
 
     models = tmp_path_factory.mktemp("marian")
     build_tiny_marian(models / "tiny-en-de", texts=val[1], init_std=0.3)
@@ -92,14 +92,14 @@ def marian_template(val, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nllb_dir(val, tmp_path_factory):
-    from tiny_models import build_tiny_nllb
+    from leccr_cli.testing import build_tiny_nllb
 
     return build_tiny_nllb(tmp_path_factory.mktemp("nllb"), texts=val[1])
 
 
 @pytest.fixture(scope="module")
 def m2m100_dir(val, tmp_path_factory):
-    from tiny_models import build_tiny_m2m100
+    from leccr_cli.testing import build_tiny_m2m100
 
     return build_tiny_m2m100(tmp_path_factory.mktemp("m2m100"), texts=val[1])
 
@@ -211,7 +211,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(val_corpus, marian_t
     assert not (broken / PARTIAL_FOLDER).exists()
 
 
-def test_shards_made_with_other_settings_are_not_reused(small_corpus, marian_template, tmp_path):
+def test_shards_made_with_other_settings_are_refused_unless_overwrite(small_corpus, marian_template, tmp_path):
     path = _copy(small_corpus, tmp_path)
 
     def interrupt(index):
@@ -220,7 +220,9 @@ def test_shards_made_with_other_settings_are_not_reused(small_corpus, marian_tem
     with pytest.raises(KeyboardInterrupt):
         _translate(path, ["de"], _marian(marian_template), shard_size=10, on_shard=interrupt)
     engine = make_engine("marian", marian_template, TranslationOptions(max_tokens=MAX_TOKENS - 4))
-    [report] = _translate(path, ["de"], engine, shard_size=10)
+    with pytest.raises(LeccrError, match=r"unfinished work made with other settings \(max_tokens differ\).*--overwrite"):
+        _translate(path, ["de"], engine, shard_size=10)
+    [report] = _translate(path, ["de"], engine, shard_size=10, overwrite=True)
     assert report.resumed == 0 and report.translated == 40
 
 

@@ -6,33 +6,33 @@ from pathlib import Path
 
 import typer
 
-from leccr_cli.captioning import DEFAULT_BATCH_SIZE, DEFAULT_FRAMES, DEFAULT_MAX_NEW_TOKENS, MLLMS
+from leccr_cli.commands.options import Device, Dtype, Overwrite, Splits
 
 
 def caption_command(
     corpus_path: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder."),
-    mllm: str = typer.Option("llava", "--mllm", help=f"Backend: {', '.join(MLLMS)} (auto: any image-text-to-text model)."),
+    mllm: str = typer.Option("llava", "--mllm", help="Backend: llava, llava-next or auto (any image-text-to-text model)."),
     model: str | None = typer.Option(
         None, "--model", help="Hub id or local folder (default for llava: llava-hf/llava-1.5-7b-hf; auto needs one)."
     ),
     name: str | None = typer.Option(
         None, "--name", help="Write descriptions/NAME/ (default: the --mllm name); recipes name it in data.descriptions."
     ),
-    split: str = typer.Option("all", "--split", help="Splits to describe, comma-separated, or all."),
+    split: Splits = "all",
     prompt: str | None = typer.Option(None, "--prompt", help="Instruction given with each image (default: a detailed, factual description)."),
     prompt_file: Path | None = typer.Option(None, "--prompt-file", help="Read the prompt from this text file."),
-    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Images per generate call."),
-    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", help="Longest description, in tokens."),
-    frames: int | None = typer.Option(None, "--frames", help=f"Video corpora: frames sampled evenly per video (default {DEFAULT_FRAMES})."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPUs that support it, else fp32), bf16, fp16 or fp32."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: this process's GPU if any, else cpu)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per generate call (per process)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest description, in tokens."),
+    frames: int | None = typer.Option(None, "--frames", help="Video corpora: frames sampled evenly per video (default 4)."),
+    dtype: Dtype = "auto",
+    device: Device = None,
     limit: int | None = typer.Option(None, "--limit", help="Describe at most N of the images still lacking a description."),
     on_error: str = typer.Option("stop", "--on-error", help="An unreadable image: stop (default) or skip it and list it at the end."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Describe every selected image again and replace descriptions/NAME/."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Describe every image (or sampled video frames) with a multimodal LLM into descriptions/NAME/.
 
-    Resumable: rerun the same command after an interruption and it finishes the rest.
+    Resumable: rerun the same command after an interruption and it finishes the rest; unfinished work made with other settings is refused unless --overwrite, which also describes every selected image again.
     Several GPUs: `accelerate launch -m leccr_cli caption ...` (or torchrun) splits the images.
     """
     from rich.markup import escape
@@ -50,9 +50,7 @@ def caption_command(
             prompt = prompt_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise LeccrError(f"--prompt-file {prompt_file}: cannot read it ({error})") from None
-    splits = corpus.splits if split.strip() == "all" else [s.strip() for s in split.split(",") if s.strip()]
-    if not splits:
-        raise LeccrError(f"--split {split!r} names no split", f"use all or some of {', '.join(corpus.splits)}")
+    splits = corpus.resolve_splits(split)
     describer = open_describer(mllm, model, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
     source = name or mllm
     try:

@@ -8,7 +8,7 @@ import typer
 
 from leccr_cli.commands import make_app
 
-app = make_app("Build, import and inspect corpora (DESIGN section 3).")
+app = make_app("Build, import and inspect corpora (folders of images, captions, descriptions and caches).")
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty.")
 ALLOW_MISSING = typer.Option(
@@ -27,7 +27,7 @@ def synth_command(
 ) -> None:
     """Generate the embedded synthetic benchmark (rendered shapes, partial captions, descriptions)."""
     from leccr_cli.console import console, err_console
-    from leccr_cli.data.languages import parse_language_list
+    from leccr_cli.languages import parse_language_list
     from leccr_cli.data.synth import build_synthetic
 
     codes = parse_language_list(langs)

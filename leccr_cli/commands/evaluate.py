@@ -1,10 +1,12 @@
-"""`leccr evaluate`: Recall@K both ways and SumR (DESIGN section 5)."""
+"""`leccr evaluate`: Recall@K both ways and SumR, per query language."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from leccr_cli.commands.options import BatchSize, Device
 
 SCORES_HELP = (
     "A .safetensors file holding one texts x images similarity matrix (higher = more similar), "
@@ -23,14 +25,14 @@ def evaluate_command(
     ),
     split: str | None = typer.Option(None, "--split", help="Split to evaluate (default: the recipe's test split)."),
     fusion: float | None = typer.Option(
-        None, "--fusion", min=0.0, max=1.0, metavar="ALPHA", help="Score alpha * global + (1 - alpha) * best slot (DESIGN section 4)."
+        None, "--fusion", min=0.0, max=1.0, metavar="ALPHA", help="Score alpha * global + (1 - alpha) * best slot score."
     ),
     translate_test: bool = typer.Option(
         False, "--translate-test", help="Score the English machine translation of each query (origin mt, translated from it)."
     ),
     corpus: Path | None = typer.Option(None, "--corpus", help="Evaluate on this corpus instead of the run's."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Encoding batch size (default: the recipe's eval.batch_size)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
+    batch_size: BatchSize = None,
+    device: Device = None,
     scores: Path | None = typer.Option(None, "--scores", metavar="FILE.safetensors", help=SCORES_HELP),
     labels: Path | None = typer.Option(None, "--labels", metavar="FILE", help=LABELS_HELP),
     json_path: Path | None = typer.Option(None, "--json", metavar="PATH", help="Also write every metric to this JSON file."),
@@ -40,7 +42,7 @@ def evaluate_command(
 ) -> None:
     """Recall@1/5/10 both ways and SumR of a trained run, per query language.
 
-    The gallery of the split is embedded once; queries are the human captions of each language. Results are printed as a table and written to eval/<lang>-<split>.json in the run.
+    The gallery of the split is embedded once; queries are the human captions of each language. Results are printed as a table and written to eval/<lang>-<split>.json in the run. --batch-size defaults to the recipe's eval.batch_size.
 
     With --scores and --labels, score a saved similarity matrix instead (no model needed), so external systems can be compared on the same split. A tie with the ground truth counts as a miss.
     """
@@ -61,12 +63,12 @@ def evaluate_command(
 def _evaluate_run(run, langs, split, fusion, translate_test, corpus_path, batch_size, device, json_path, memory_budget) -> None:
     import dataclasses
 
-    import torch
-
     from leccr_cli.console import console
     from leccr_cli.data.corpus import Corpus
-    from leccr_cli.evaluate import eval_languages, evaluate_languages, load_run, write_eval_json, write_metrics_json
-    from leccr_cli.train import latest_run
+    from leccr_cli.devices import select_device
+    from leccr_cli.evaluate import eval_languages, evaluate_languages
+    from leccr_cli.metrics import write_metrics_json
+    from leccr_cli.runs import latest_run, load_run, write_eval_json
 
     run_dir = run if run is not None else latest_run()
     recipe, model = load_run(run_dir)
@@ -75,7 +77,7 @@ def _evaluate_run(run, langs, split, fusion, translate_test, corpus_path, batch_
     corpus = Corpus.open(corpus_path or recipe.data.corpus)
     split = split or recipe.data.test_split
     languages = eval_languages(corpus, split, langs, recipe.eval.langs or recipe.data.target_langs)
-    model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    model.to(select_device(device))
     results = evaluate_languages(
         model, corpus, split, languages, recipe, fusion=fusion, translate_test=translate_test, batch_size=batch_size
     )
@@ -89,7 +91,7 @@ def _evaluate_run(run, langs, split, fusion, translate_test, corpus_path, batch_
 
 
 def _evaluate_scores(scores: Path, labels: Path, json_path: Path | None, memory_budget: int) -> None:
-    from leccr_cli.evaluate import load_labels, load_score_matrix, recall_metrics
+    from leccr_cli.metrics import load_labels, load_score_matrix, recall_metrics
 
     matrix = load_score_matrix(scores)
     text_to_image = load_labels(labels)
@@ -106,7 +108,7 @@ def _evaluate_scores(scores: Path, labels: Path, json_path: Path | None, memory_
     )
     if json_path is not None:
         from leccr_cli.console import console
-        from leccr_cli.evaluate import write_metrics_json
+        from leccr_cli.metrics import write_metrics_json
 
         console.print(f"[green]Wrote[/] {write_metrics_json(metrics, json_path)}")
 
@@ -114,7 +116,7 @@ def _evaluate_scores(scores: Path, labels: Path, json_path: Path | None, memory_
 def _report(rows: dict[str, dict[str, float]], title: str, row_header: str, note: str | None = None) -> None:
     """Print the metrics table, then the median and mean ranks of every row."""
     from leccr_cli.console import console
-    from leccr_cli.evaluate import metrics_table
+    from leccr_cli.metrics import metrics_table
 
     console.print(metrics_table(rows, title, row_header=row_header))
     for name, metrics in rows.items():

@@ -6,25 +6,27 @@ from pathlib import Path
 
 import typer
 
+from leccr_cli.commands.options import Overrides, Overwrite
+
 
 def train_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/demo.yaml."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Run folder (default: runs/<recipe name>, -2, -3, ... when taken)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set optim.lr=2e-5 (repeatable)."),
+    overrides: Overrides = [],
     resume: str | None = typer.Option(
         None, "--resume", help="Continue a run: 'latest' (its newest checkpoint), a checkpoint folder, or a run folder."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it already holds a run."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Train the LECCR model as the recipe says; keep the best model on validation, then test it.
 
-    Several GPUs: `accelerate launch --multi_gpu --num_processes K -m leccr_cli train RECIPE.yaml` (or `torchrun --nproc_per_node K -m leccr_cli train RECIPE.yaml`). The recipe's optim.batch_size is the global batch.
+    --overwrite replaces the output folder if it already holds a run. Several GPUs: `accelerate launch --multi_gpu --num_processes K -m leccr_cli train RECIPE.yaml` (or `torchrun --nproc_per_node K -m leccr_cli train RECIPE.yaml`). The recipe's optim.batch_size is the global batch.
     """
     from leccr_cli.config import load_recipe
     from leccr_cli.console import console, is_main_process
     from leccr_cli.train import train
 
-    result = train(load_recipe(recipe, overrides), output, resume=resume, overwrite=overwrite)
+    result = train(load_recipe(recipe, overrides), output, resume=resume, overwrite=overwrite, recipe_file=recipe)
     if is_main_process():
         console.print(
             f"[green]Done[/]: {result.run_dir} ({result.steps} steps; best validation mean SumR "

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from leccr_cli.commands.options import Dtype, Overwrite, Splits
+
 
 def translate_command(
     corpus_path: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder."),
@@ -19,9 +21,7 @@ def translate_command(
         "m2m100 facebook/m2m100_418M).",
     ),
     source_lang: str = typer.Option("en", "--from", help="Language of the captions to translate."),
-    split: str | None = typer.Option(
-        None, "--split", help="Splits, comma-separated (default: train; with --descriptions: every split)."
-    ),
+    split: Splits = None,
     descriptions: str | None = typer.Option(
         None, "--descriptions",
         help="Translate descriptions/NAME/ into descriptions/NAME-<lang>/ instead of captions.",
@@ -33,25 +33,21 @@ def translate_command(
         help="Source tokens kept per text (longer ones are truncated) and most tokens generated.",
     ),
     num_beams: int = typer.Option(1, "--num-beams", min=1, help="Beam width (1: greedy)."),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="auto (float32 on CPU, bf16/fp16 on GPU), float32, float16, bfloat16."
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace earlier translations of the same split, target and origin."
-    ),
+    dtype: Dtype = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Translate English captions into pseudo-parallel target-language captions (origin: mt).
 
-    Resumable: a rerun skips what is done and finishes the rest. Several GPUs:
-    `accelerate launch -m leccr_cli translate ...`.
+    --split defaults to train (with --descriptions: every split). --overwrite replaces earlier translations of the same split, target and origin (and discards unfinished work made with other settings). Resumable: a rerun skips what is done and finishes the rest. Several GPUs: `accelerate launch -m leccr_cli translate ...`.
     """
     from leccr_cli.console import is_main_process
-    from leccr_cli.data.languages import check_language, parse_language_list
+    from leccr_cli.data.corpus import Corpus
+    from leccr_cli.languages import check_language, parse_language_list
     from leccr_cli.translation import TranslationOptions, make_engine, translate_corpus
 
     targets = parse_language_list(to)
     check_language(source_lang)
-    splits = [s.strip() for s in split.split(",") if s.strip()] if split is not None else None
+    splits = Corpus.open(corpus_path).resolve_splits(split, default=["train"] if descriptions is None else None)
     options = TranslationOptions(batch_size=batch_size, max_tokens=max_tokens, num_beams=num_beams, dtype=dtype)
     reports = translate_corpus(
         corpus_path,

@@ -1,4 +1,4 @@
-"""The corpus folder (DESIGN section 3): reading it, and writing it atomically.
+"""The corpus folder: reading it, and writing it atomically (see docs/architecture.md, "Artifacts").
 
 ```
 CORPUS/
@@ -17,18 +17,19 @@ convention `<image_id>#<tag>#<n>`; a translation of `X#en#0` into German is `X#e
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
-from leccr_cli.data.languages import ISO_639_1, check_language
+from datasets import Dataset, Features, Value, load_from_disk
+from datasets.utils.logging import disable_progress_bar
+
 from leccr_cli.errors import CorpusError, LeccrError
+from leccr_cli.fs import atomic_directory, atomic_write_text
+from leccr_cli.languages import ISO_639_1, check_language
 
 CORPUS_VERSION = 1
 MODALITIES = ("image", "video")
@@ -88,55 +89,13 @@ def split_cap_id(cap_id: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-# ----------------------------------------------------------------- atomic directories
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `target`, on failure it is removed.
-
-    An existing non-empty `target` is refused unless `overwrite` is true.
-    """
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise CorpusError(f"{target} exists and is not a folder", "choose another output path")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise CorpusError(f"{target} exists and is not empty", "pass --overwrite to replace it, or choose another path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    temporary.mkdir()
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    replace_directory(temporary, target)
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Move the finished folder `source` to `target`, replacing what was there."""
-    if target.exists():
-        aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, aside)
-        os.replace(source, target)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(source, target)
-
-
 def _save_dataset(columns: dict[str, list], folder: Path) -> None:
-    from datasets import Dataset, Features, Value
-    from datasets.utils.logging import disable_progress_bar
-
     disable_progress_bar()
     features = Features({name: Value("string") for name in columns})
     Dataset.from_dict(columns, features=features).save_to_disk(str(folder))
 
 
 def _load_columns(folder: Path, columns: tuple[str, ...], what: str) -> dict[str, list]:
-    from datasets import load_from_disk
-    from datasets.utils.logging import disable_progress_bar
-
     disable_progress_bar()
     try:
         table = load_from_disk(str(folder)).data.table
@@ -312,6 +271,18 @@ class Corpus:
             )
         return split
 
+    def resolve_splits(self, text: str | None, default: Sequence[str] | None = None) -> list[str]:
+        """The splits named by a `--split` value: `all` (every split), a comma-separated list, or
+        `default` (every split when None) when `text` is None; unknown splits are refused."""
+        if text is None:
+            return list(default) if default is not None else self.splits
+        if text.strip() == "all":
+            return self.splits
+        splits = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+        if not splits:
+            raise CorpusError(f"--split {text!r} names no split", f"use all or some of {', '.join(self.splits)}")
+        return [self.check_split(s) for s in splits]
+
     def check_lang(self, lang: str) -> str:
         if lang not in self.meta.languages:
             raise CorpusError(
@@ -393,9 +364,7 @@ class Corpus:
         self._write_meta()
 
     def _write_meta(self) -> None:
-        temporary = self.path / f".corpus.json.{uuid.uuid4().hex[:8]}"
-        temporary.write_text(self.meta.to_json(), encoding="utf-8")
-        os.replace(temporary, self.path / "corpus.json")
+        atomic_write_text(self.path / "corpus.json", self.meta.to_json())
 
     # -- descriptions
     def description_sources(self) -> list[str]:

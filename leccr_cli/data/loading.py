@@ -7,13 +7,19 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import math
 import random
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
 from leccr_cli.data.corpus import Caption, Corpus
+from leccr_cli.data.video import FrameFeatures
 from leccr_cli.errors import CorpusError
 
 # ------------------------------------------------------------------------------ text
@@ -63,10 +69,6 @@ class ImageTransform:
     crop_scale_min: float = 0.5
 
     def __call__(self, image, rng: random.Random | None = None):
-        import numpy as np
-        import torch
-        from PIL import Image
-
         image = image.convert("RGB")
         if self.train and rng is not None:
             image = self._random_crop(image, rng)
@@ -87,8 +89,6 @@ class ImageTransform:
         return (tensor - mean) / std
 
     def _random_crop(self, image, rng: random.Random):
-        import math
-
         width, height = image.size
         area = width * height
         for _ in range(10):
@@ -106,8 +106,6 @@ class ImageTransform:
 
 def load_image(path: Path, image_id: str):
     """Open an image file; a missing or corrupt file is a `CorpusError` naming the id and path."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             image.load()
@@ -176,8 +174,6 @@ class VisualSource:
     def __init__(self, corpus: Corpus, split: str, transform: ImageTransform | None, video_features: str | None):
         self.modality = corpus.modality
         if self.modality == "video":
-            from leccr_cli.data.video import FrameFeatures
-
             names = corpus.video_feature_sets()
             name = video_features or (names[0] if len(names) == 1 else None)
             if name is None:
@@ -216,7 +212,7 @@ class TrainingSet:
     """Map-style dataset of training examples; call `set_epoch` before each epoch.
 
     Descriptions come as texts (`descriptions`) or, from a slot cache, as token features
-    (`description_features`, a `leccr_cli.slots.SlotCache`).
+    (`description_features`, a `leccr_cli.data.slot_cache.SlotCache`).
     """
 
     def __init__(
@@ -308,14 +304,15 @@ class Collator:
         self.max_frames = max_frames
 
     @classmethod
-    def for_model(cls, model, recipe, visual: "VisualSource") -> "Collator":
-        """The collator of `model` with the recipe's token limits (and frame features for video)."""
+    def for_model(cls, model, visual: "VisualSource | None" = None) -> "Collator":
+        """The collator of `model`, with the model's own token limits (and frame features for video)."""
+        config = model.config
         return cls(
             model.tokenizer,
-            recipe.model.text.max_tokens,
-            recipe.model.text.description_max_tokens,
-            frames=visual.frames if visual.modality == "video" else None,
-            max_frames=recipe.model.video.max_frames,
+            config.text.max_tokens,
+            config.text.description_max_tokens,
+            frames=visual.frames if visual is not None and visual.modality == "video" else None,
+            max_frames=config.video.max_frames,
         )
 
     def _tokenize(self, texts: list[str], max_length: int):
@@ -323,8 +320,6 @@ class Collator:
         return encoded["input_ids"], encoded["attention_mask"]
 
     def __call__(self, items: list[dict]) -> dict:
-        import torch
-
         batch: dict = {}
         if "visual" in items[0]:
             if self.frames is not None:
@@ -340,11 +335,20 @@ class Collator:
                 [i["description"] for i in items], self.description_max_tokens
             )
         if "description_features" in items[0]:
-            from leccr_cli.slots import pad_features
-
             batch["description_features"], batch["description_features_mask"] = pad_features(
                 [i["description_features"] for i in items]
             )
         if "index" in items[0]:
             batch["index"] = torch.tensor([i["index"] for i in items], dtype=torch.long)
         return batch
+
+
+def pad_features(rows: list) -> tuple:
+    """Stack [length_i, D] feature rows into [B, max length, D] (zero padding) and a [B, max length] bool mask."""
+    longest = max(r.shape[0] for r in rows)
+    features = rows[0].new_zeros(len(rows), longest, rows[0].shape[1])
+    mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        features[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = True
+    return features, mask

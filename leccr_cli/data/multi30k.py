@@ -20,7 +20,7 @@ from pathlib import Path
 
 from leccr_cli.data.corpus import Caption, ImageRow, write_corpus
 from leccr_cli.data.imports import check_images_present, read_lines
-from leccr_cli.data.languages import ISO_639_1
+from leccr_cli.languages import ISO_639_1
 from leccr_cli.errors import CorpusError
 
 TASK1_SPLIT_NAMES = {"test_2016_flickr": "test"}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from leccr_cli.data.corpus import Caption, ImageRow, split_cap_id, write_corpus
 from leccr_cli.data.imports import check_images_present, read_lines
-from leccr_cli.data.languages import ISO_639_1
+from leccr_cli.languages import ISO_639_1
 from leccr_cli.errors import CorpusError
 
 _SPLIT_WORD = re.compile(r"(train|val|test)")

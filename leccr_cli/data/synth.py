@@ -1,4 +1,4 @@
-"""The embedded synthetic benchmark (DESIGN section 6).
+"""The embedded synthetic benchmark (docs/architecture.md, "The synthetic benchmark").
 
 Each image is a rendered scene of 1-3 coloured shapes, each with a size and a place on a
 3x3 grid. Captions are *partial*: each mentions one or two of the shapes and some of their

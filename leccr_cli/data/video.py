@@ -8,18 +8,19 @@ the JSON list of video ids in row order. Nothing is padded on disk.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from leccr_cli.errors import CorpusError
+from leccr_cli.fs import atomic_file
 
 
 def write_frame_features(path: str | Path, ids: list[str], frames: list, dtype=None) -> None:
     """Write one [F_i, D] tensor per video id atomically."""
-    import torch
-    from safetensors.torch import save_file
-
     if len(ids) != len(frames) or not ids:
         raise CorpusError(f"{path}: {len(ids)} ids for {len(frames)} frame tensors")
     tensors = [torch.as_tensor(f) for f in frames]
@@ -29,11 +30,8 @@ def write_frame_features(path: str | Path, ids: list[str], frames: list, dtype=N
     flat = torch.cat(tensors).to(dtype or tensors[0].dtype).contiguous()
     offsets = torch.zeros(len(tensors) + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(torch.tensor([t.shape[0] for t in tensors]), 0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-    save_file({"features": flat, "offsets": offsets}, str(temporary), metadata={"ids": json.dumps(ids)})
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        save_file({"features": flat, "offsets": offsets}, str(temporary), metadata={"ids": json.dumps(ids)})
 
 
 class FrameFeatures:
@@ -53,8 +51,6 @@ class FrameFeatures:
         self._open()
 
     def _open(self) -> None:
-        from safetensors import safe_open
-
         self._file = safe_open(str(self.path), framework="pt")
         self.ids: list[str] = json.loads(self._file.metadata()["ids"])
         self._row = {video_id: i for i, video_id in enumerate(self.ids)}
@@ -72,8 +68,6 @@ class FrameFeatures:
 
     def batch(self, video_ids: list[str], max_frames: int):
         """Padded [B, F, D] features and a [B, F] bool mask; longer videos are sampled evenly."""
-        import torch
-
         clips = []
         for video_id in video_ids:
             clip = self.frames(video_id)
@@ -92,8 +86,6 @@ class FrameFeatures:
 
 def read_bigfile(folder: Path):
     """Read an NRCCR/dual-encoding BigFile folder: (ids, float32 numpy array [N, D])."""
-    import numpy as np
-
     try:
         rows, dim = (int(x) for x in (folder / "shape.txt").read_text().split())
         ids = (folder / "id.txt").read_text().split()

@@ -15,12 +15,11 @@ On a single process (or without `torch.distributed` initialised) everything is a
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 def world_size() -> int:
     """Number of processes in the default group (1 when not distributed)."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
@@ -31,7 +30,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
 
         tensor = tensor.contiguous()
         ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
@@ -41,7 +39,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
 
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
@@ -59,7 +56,6 @@ def gather_batch(tensor: torch.Tensor, pad_value: float | bool = 0) -> torch.Ten
     """
     if world_size() == 1:
         return tensor
-    import torch.distributed as dist
 
     shape = torch.tensor(tensor.shape, device=tensor.device, dtype=torch.long)
     shapes = [torch.empty_like(shape) for _ in range(dist.get_world_size())]

@@ -1,6 +1,6 @@
 """The LECCR module: semantic slots, visual-semantic interaction, embeddings and losses.
 
-Notation follows DESIGN section 4: Z_v visual tokens (CLS first, width d_v), F_c description
+Notation (docs/architecture.md, "The model"): Z_v visual tokens (CLS first, width d_v), F_c description
 token features, M the semantic slots, Ẑ_v / M̂ the two interaction outputs, h_v / h_t the
 global embeddings (D = joint_dim), m̂ the slot embeddings. Modules that the recipe's switches
 leave unused are not built, so every trainable parameter receives a gradient (DDP needs that).
@@ -16,11 +16,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_model
 from torch import nn
 
 from leccr_cli.config import LossConfig, ModelConfig
-from leccr_cli.errors import ModelError, RecipeError
+from leccr_cli.errors import ModelError
+from leccr_cli.fs import atomic_directory
 from leccr_cli.model import losses
+from leccr_cli.model.layers import CrossAttention
 
 MODEL_FORMAT = "leccr-model"
 MODEL_FORMAT_VERSION = 1
@@ -122,65 +125,6 @@ class EncoderParts:
     interpolate_pos_encoding: bool = False
 
 
-class CrossAttentionLayer(nn.Module):
-    """Multi-head attention of the query sequence over the memory, a two-layer GELU MLP on
-    the attention output, added to the query (residual), then LayerNorm."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        padding = None if memory_mask is None else ~memory_mask
-        attended, _ = self.attention(query, memory, memory, key_padding_mask=padding, need_weights=False)
-        return self.norm(query + self.mlp(attended))
-
-
-class CrossAttention(nn.Module):
-    """A stack of cross-attention layers over one fixed memory."""
-
-    def __init__(self, dim: int, heads: int, layers: int):
-        super().__init__()
-        self.layers = nn.ModuleList(CrossAttentionLayer(dim, heads) for _ in range(layers))
-
-    def forward(self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for layer in self.layers:
-            query = layer(query, memory, memory_mask)
-        return query
-
-
-class VideoEncoder(nn.Module):
-    """A small transformer over pre-extracted frame features: linear to `width`, learned
-    positions, a prepended CLS token, pre-norm encoder layers. Returns all tokens (CLS first)."""
-
-    def __init__(self, frame_dim: int, width: int, layers: int, heads: int, max_frames: int):
-        super().__init__()
-        self.max_frames = max_frames
-        self.input = nn.Linear(frame_dim, width)
-        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.positions = nn.Parameter(torch.randn(max_frames + 1, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
-
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, count = frames.shape[:2]
-        if count > self.max_frames:
-            raise ModelError(f"got {count} frames per video, the model takes at most model.video.max_frames={self.max_frames}")
-        if frame_mask is None:
-            frame_mask = torch.ones(batch, count, dtype=torch.bool, device=frames.device)
-        hidden = self.input(frames.to(self.input.weight.dtype))
-        hidden = torch.cat([self.cls.expand(batch, -1, -1).to(hidden.dtype), hidden], dim=1)
-        hidden = hidden + self.positions[: count + 1].to(hidden.dtype)
-        mask = torch.cat([frame_mask.new_ones(batch, 1), frame_mask.bool()], dim=1)
-        hidden = self.encoder(hidden, src_key_padding_mask=~mask)
-        return self.norm(hidden), mask
-
-
 class LeccrModel(nn.Module):
     """Two-stream LECCR (or the plain baseline) built from the recipe's `model` block."""
 
@@ -194,7 +138,7 @@ class LeccrModel(nn.Module):
         self.image_std = tuple(parts.image_std)
         self.image_size = config.vision.image_size
         self.interpolate_pos_encoding = parts.interpolate_pos_encoding
-        self.source_folder: Path | None = None  # set by from_pretrained
+        self.source_folder: Path | None = None  # the folder it was loaded from (set by factory.load_model)
 
         # the parts the baseline shares come first, so one seed gives both variants the same weights
         self.text_encoder = parts.text
@@ -463,10 +407,6 @@ class LeccrModel(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write config.json, the encoders' HF configs, the tokenizer and model.safetensors (atomically)."""
-        from safetensors.torch import save_model
-
-        from leccr_cli.data.corpus import atomic_directory
-
         meta = {
             "format": MODEL_FORMAT,
             "version": MODEL_FORMAT_VERSION,
@@ -487,34 +427,3 @@ class LeccrModel(nn.Module):
                 self.description_encoder.config.save_pretrained(temporary / "description_encoder")
             self.tokenizer.save_pretrained(temporary)
             save_model(self, str(temporary / "model.safetensors"))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "LeccrModel":
-        """Rebuild a model saved by `save_pretrained` from that folder alone (no Hub access)."""
-        from safetensors.torch import load_model
-
-        from leccr_cli.config import model_config_from_dict
-        from leccr_cli.model.encoders import parts_from_folder
-
-        folder = Path(folder)
-        meta_file = folder / "config.json"
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise ModelError(f"model {folder}: cannot read config.json ({error})", "is this a folder written by leccr train?") from None
-        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-            raise ModelError(f"model {folder}: config.json is not a leccr model", "give the model/ folder of a leccr run")
-        if meta.get("version") != MODEL_FORMAT_VERSION:
-            raise ModelError(f"model {folder}: format version {meta.get('version')} is not supported (this leccr reads {MODEL_FORMAT_VERSION})")
-        try:
-            config = model_config_from_dict(meta.get("model"), str(meta_file))
-        except RecipeError as error:
-            raise ModelError(f"model {folder}: {error}", "was it written by another version of leccr?") from None
-        parts = parts_from_folder(config, folder, meta)
-        model = cls(config, parts, meta["modality"])
-        try:
-            load_model(model, str(folder / "model.safetensors"))
-        except (OSError, RuntimeError) as error:
-            raise ModelError(f"model {folder}: model.safetensors does not fit config.json ({error})") from None
-        model.source_folder = folder
-        return model

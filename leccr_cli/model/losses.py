@@ -1,4 +1,4 @@
-"""The LECCR losses: pure functions on batch-first tensors (DESIGN section 4).
+"""The LECCR losses: pure functions on batch-first tensors (docs/architecture.md, "Losses").
 
 Every function computes in float32 with autocast disabled (inputs are cast), and in
 multi-process training gathers its inputs from all processes first (see

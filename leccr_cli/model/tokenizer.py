@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -12,9 +15,6 @@ def build_word_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequ
 
     Returns a `PreTrainedTokenizerFast` that adds [CLS] ... [SEP] and pads with [PAD].
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=False, clean_text=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -1,7 +1,7 @@
-"""Tiny random models, built from configs and saved to local folders (nothing downloaded).
+"""Tiny random models and recipes for tests, benchmarks and offline checks (nothing downloaded).
 
 Each builder writes a folder that loads with the same `from_pretrained` path users take
-with Hub ids. Benchmarks import these builders too.
+with Hub ids; `tiny_recipe` trains tiny from-scratch encoders on a corpus in seconds.
 """
 
 from __future__ import annotations
@@ -301,3 +301,58 @@ def build_tiny_llava_next(folder: Path, image_size: int = 32, patch_size: int = 
         vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
     ).save_pretrained(folder)
     return Path(folder)
+
+
+def tiny_recipe(corpus: str | Path, **blocks) -> dict:
+    """A raw recipe for tiny from-scratch encoders on `corpus` (no dropout, so runs are comparable).
+
+    Keyword arguments update whole blocks, e.g. optim={"max_steps": 4}.
+    """
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {
+            "corpus": str(corpus),
+            "target_langs": ["de", "fr", "cs"],
+            "descriptions": "synthetic",
+            "train_transform": "resize_center_crop",
+        },
+        "model": {
+            "vision": {
+                "name_or_path": None,
+                "image_size": 32,
+                "projection_dim": 32,
+                "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "patch_size": 8},
+            },
+            "text": {
+                "name_or_path": None,
+                "max_tokens": 24,
+                "description_max_tokens": 48,
+                "pooling": "mean",
+                "tokenizer": {"vocab_size": 500},
+                "config": {
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 4,
+                    "max_position_embeddings": 64,
+                    "hidden_dropout_prob": 0.0,
+                    "attention_probs_dropout_prob": 0.0,
+                },
+            },
+            "joint_dim": 32,
+            "num_slots": 2,
+            "slot_layers": 1,
+            "interaction_layers": 1,
+            "heads": 4,
+        },
+        "optim": {"lr": 2e-3, "new_layer_lr_scale": 1.0, "warmup_ratio": 0.0, "max_steps": 6, "batch_size": 16},
+        "eval": {"every_steps": 3, "batch_size": 64},
+        "train": {"log_every_steps": 1, "keep_checkpoints": 2},
+    }
+    for block, values in blocks.items():
+        if isinstance(values, dict) and isinstance(recipe.get(block), dict):
+            recipe[block] = {**recipe[block], **values}
+        else:
+            recipe[block] = values
+    return recipe

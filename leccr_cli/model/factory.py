@@ -1,8 +1,9 @@
-"""Build the LECCR model from the recipe's `model` block: pretrained or from-scratch encoders.
+"""The model factory: build LECCR from a recipe's `model` block, and load a saved model folder.
 
 Pretrained parts load with `from_pretrained(name_or_path)` (a local folder or a Hub id);
 inline `config` mappings build tiny encoders from scratch, with a word-level tokenizer
-trained on the corpus text (the embedded demo).
+trained on the corpus text (the embedded demo). `load_model` rebuilds a model written by
+`LeccrModel.save_pretrained` from its folder alone.
 """
 
 from __future__ import annotations
@@ -12,9 +13,30 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from leccr_cli.config import ModelConfig, TextConfig, VisionConfig
-from leccr_cli.errors import ModelError
-from leccr_cli.model.leccr import CLIP_MEAN, CLIP_STD, EncoderParts, LeccrModel, VideoEncoder, uses_descriptions
+import torch
+from safetensors.torch import load_model as load_weights
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+from transformers.utils import cached_file
+
+from leccr_cli.config import ModelConfig, TextConfig, VisionConfig, model_config_from_dict
+from leccr_cli.errors import ModelError, RecipeError
+from leccr_cli.model.layers import VideoEncoder
+from leccr_cli.model.leccr import (
+    CLIP_MEAN,
+    CLIP_STD,
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    EncoderParts,
+    LeccrModel,
+    uses_descriptions,
+)
+from leccr_cli.model.tokenizer import build_word_tokenizer
 
 MODALITIES = ("image", "video")
 
@@ -43,8 +65,6 @@ def _load_error(what: str, name: str, error: Exception) -> ModelError:
 
 def _image_statistics(name_or_path: str) -> tuple[tuple, tuple]:
     """image_mean/std from the checkpoint's preprocessor_config.json, else the CLIP defaults."""
-    from transformers.utils import cached_file
-
     try:
         path = cached_file(
             name_or_path,
@@ -61,8 +81,6 @@ def _image_statistics(name_or_path: str) -> tuple[tuple, tuple]:
 
 
 def _pretrained_vision(vision: VisionConfig):
-    import torch
-    from transformers import AutoConfig, CLIPVisionModelWithProjection
 
     name = vision.name_or_path
     try:
@@ -88,7 +106,6 @@ def _pretrained_vision(vision: VisionConfig):
 
 
 def _scratch_vision(vision: VisionConfig):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     for key in ("image_size", "projection_dim"):
         if key in vision.config:
@@ -101,8 +118,6 @@ def _scratch_vision(vision: VisionConfig):
 
 
 def _pretrained_text(text: TextConfig):
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     name = text.name_or_path
     try:
@@ -130,9 +145,6 @@ def _pretrained_text(text: TextConfig):
 
 
 def _scratch_text(text: TextConfig, tokenizer_texts: Iterable[str] | None):
-    from transformers import AutoConfig, AutoModel
-
-    from leccr_cli.model.tokenizer import build_word_tokenizer
 
     if tokenizer_texts is None:
         raise ModelError("model.text.config builds a text encoder from scratch: its tokenizer needs the corpus text (tokenizer_texts)")
@@ -166,9 +178,6 @@ def _check_text_lengths(text: TextConfig, hf_config) -> None:
 
 def _frozen_description_encoder(config: ModelConfig, text_model, tokenizer):
     """A frozen deep copy of the text encoder, or `description_encoder_name` with the same vocabulary."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
     name = config.description_encoder_name
     if name is None:
         return copy.deepcopy(text_model)
@@ -250,10 +259,8 @@ def build_model(
     return LeccrModel(config, parts, modality)
 
 
-def parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any]) -> EncoderParts:
+def _parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any]) -> EncoderParts:
     """Encoders with the architecture saved in a model folder (weights are loaded afterwards)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         text = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(folder / "text")))
@@ -275,3 +282,30 @@ def parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any]) -
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(f"model {folder}: incomplete or unreadable ({error})", "give the model/ folder of a finished leccr run") from None
     return parts
+
+
+def load_model(folder: str | Path) -> LeccrModel:
+    """Rebuild a model saved by `LeccrModel.save_pretrained` from that folder alone (no Hub access)."""
+    folder = Path(folder)
+    meta_file = folder / "config.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"model {folder}: cannot read config.json ({error})", "is this a folder written by leccr train?") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelError(f"model {folder}: config.json is not a leccr model", "give the model/ folder of a leccr run")
+    if meta.get("version") != MODEL_FORMAT_VERSION:
+        raise ModelError(
+            f"model {folder}: format version {meta.get('version')} is not supported (this leccr reads {MODEL_FORMAT_VERSION})"
+        )
+    try:
+        config = model_config_from_dict(meta.get("model"), str(meta_file))
+    except RecipeError as error:
+        raise ModelError(f"model {folder}: {error}", "was it written by another version of leccr?") from None
+    model = LeccrModel(config, _parts_from_folder(config, folder, meta), meta["modality"])
+    try:
+        load_weights(model, str(folder / "model.safetensors"))
+    except (OSError, RuntimeError) as error:
+        raise ModelError(f"model {folder}: model.safetensors does not fit config.json ({error})") from None
+    model.source_folder = folder
+    return model
