@@ -8,7 +8,7 @@ import typer
 
 from leccr_cli.commands import make_app
 
-app = make_app("Build, import and inspect corpora (DESIGN section 3).")
+app = make_app("Build, import and inspect corpora.")
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty.")
 ALLOW_MISSING = typer.Option(

@@ -1,4 +1,4 @@
-"""The corpus folder (DESIGN section 3): reading it, and writing it atomically.
+"""The corpus folder: reading it, and writing it atomically.
 
 ```
 CORPUS/
