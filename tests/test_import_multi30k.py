@@ -37,6 +37,9 @@ def test_sizes_and_languages(imported):
         for lang in ("en", "de", "fr", "cs"):
             assert len(corpus.captions(split, lang)) == n
     assert len(corpus.captions("task2-val", "de")) == 5 * 1014
+    # every language of Multi30K is ranked against the whole split: no galleries/ is written
+    assert not (corpus.path / "galleries").exists() and corpus.gallery_languages("test") == []
+    assert corpus.gallery("test", "cs") == corpus.image_ids("test")
     assert len(corpus.captions("task2-test", "en")) == 5 * 1000
 
 

@@ -153,7 +153,7 @@ def test_languages_keep_their_own_galleries(tmp_path):
         app, ["data", "import-nrccr", str(root), str(tmp_path / "out"), "--allow-missing-images"]
     )
     assert result.exit_code == 0, result.output
-    assert "test ja: ranked against its own 3 images" in result.output
+    assert "test ja: own gallery of 3 images" in result.output
     assert "fr_test_id.txt: no human fr captions in test; its images join the split only" in result.output
     corpus = Corpus.open(tmp_path / "out")
     # the union: FeatureData/ lists first, then those one folder down, each in name order

@@ -121,7 +121,7 @@ def _report_import(report) -> None:
     )
     for split in corpus.splits:
         for lang in corpus.gallery_languages(split):
-            console.print(f"{split} {lang}: ranked against its own {len(corpus.gallery(split, lang))} images")
+            console.print(f"{split} {lang}: own gallery of {len(corpus.gallery(split, lang))} images")
     for note in report.notes:
         console.print(escape(note), soft_wrap=True)
     for warning in report.warnings:
