@@ -48,6 +48,12 @@ def import_multi30k_command(
     text: Path = typer.Option(..., "--text", help="Multi30K data folder (holds task1/ and task2/)."),
     images: Path = typer.Option(..., "--images", help="Flickr30K image folder."),
     task2: bool = typer.Option(True, "--task2/--no-task2", help="Also import task2's five-caption splits."),
+    flickr30k_captions: Path | None = typer.Option(
+        None,
+        "--flickr30k-captions",
+        help="Flickr30K caption file (results_20130124.token or results.csv): train on the five English "
+        "captions of every training image, as the reference does, instead of task1's one.",
+    ),
     allow_missing_images: bool = ALLOW_MISSING,
     overwrite: bool = OVERWRITE,
 ) -> None:
@@ -56,10 +62,16 @@ def import_multi30k_command(
     from leccr_cli.data.multi30k import import_multi30k
 
     with err_console.status("Importing Multi30K ..."):
-        corpus, missing = import_multi30k(
-            text, images, out, task2=task2, allow_missing_images=allow_missing_images, overwrite=overwrite
+        report = import_multi30k(
+            text,
+            images,
+            out,
+            task2=task2,
+            flickr30k_captions=flickr30k_captions,
+            allow_missing_images=allow_missing_images,
+            overwrite=overwrite,
         )
-    _report_import(corpus, missing)
+    _report_import(report)
 
 
 @app.command("import-nrccr")
@@ -82,7 +94,7 @@ def import_nrccr_command(
     if modality not in MODALITIES:
         raise LeccrError(f"--modality {modality!r} is not supported", f"use one of {', '.join(MODALITIES)}")
     with err_console.status("Importing the NRCCR layout ..."):
-        corpus, missing = import_nrccr(
+        report = import_nrccr(
             root,
             out,
             images_dir=images,
@@ -92,20 +104,75 @@ def import_nrccr_command(
             allow_missing_images=allow_missing_images,
             overwrite=overwrite,
         )
-    _report_import(corpus, missing)
+    _report_import(report)
 
 
-def _report_import(corpus, missing: int) -> None:
+def _report_import(report) -> None:
+    from rich.markup import escape
+
     from leccr_cli.console import console, err_console
 
+    corpus = report.corpus
     counts = {split: len(corpus.image_ids(split)) for split in corpus.splits}
     console.print(
-        f"[green]Wrote[/] {corpus.path}: "
+        f"[green]Wrote[/] {escape(str(corpus.path))}: "
         + ", ".join(f"{split} {n}" for split, n in counts.items())
         + f" images; languages {', '.join(corpus.languages)}; {len(corpus.captions())} captions"
     )
-    if missing:
-        err_console.print(f"[yellow]warning:[/] {missing} listed images are missing on disk (--allow-missing-images)")
+    for split in corpus.splits:
+        for lang in corpus.gallery_languages(split):
+            console.print(f"{split} {lang}: own gallery of {len(corpus.gallery(split, lang))} images")
+    for note in report.notes:
+        console.print(escape(note), soft_wrap=True)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    if report.missing_images:
+        err_console.print(
+            f"[yellow]warning:[/] {report.missing_images} listed images are missing on disk (--allow-missing-images)"
+        )
+
+
+@app.command("import-descriptions")
+def import_descriptions_command(
+    corpus_path: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder."),
+    source: Path = typer.Argument(
+        ...,
+        metavar="SOURCE",
+        help='A folder of <id>.txt files, a .jsonl file ({"id": ..., "text": ...} per line) or a .tsv file (id<TAB>text per line).',
+    ),
+    name: str = typer.Option(..., "--name", help="Write descriptions/NAME/ (recipes name it in data.descriptions)."),
+    model: str = typer.Option("imported", "--model", help="Recorded as the model that wrote the descriptions."),
+    prompt: str = typer.Option("imported", "--prompt", help="Recorded as the prompt the descriptions answer."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse ids the corpus lacks instead of ignoring them."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace descriptions/NAME if it exists."),
+) -> None:
+    """Import descriptions written elsewhere (one per image or video id) as a description source."""
+    from rich.markup import escape
+
+    from leccr_cli.console import console, err_console
+    from leccr_cli.data.corpus import Corpus
+    from leccr_cli.data.descriptions import import_descriptions
+    from leccr_cli.data.imports import first_few
+
+    corpus = Corpus.open(corpus_path)
+    report = import_descriptions(
+        corpus, source, name, model=model, prompt=prompt, strict=strict, overwrite=overwrite
+    )
+    console.print(
+        f"[green]Wrote[/] {escape(str(report.folder))}: {report.written} of {report.images} {corpus.modality}s described"
+    )
+    if report.unknown:
+        err_console.print(
+            f"[yellow]warning:[/] ignored {len(report.unknown)} ids that {escape(str(corpus.path))} lacks "
+            f"(first: {escape(first_few(report.unknown))}); --strict refuses them",
+            soft_wrap=True,
+        )
+    if report.missing:
+        err_console.print(
+            f"[yellow]warning:[/] {len(report.missing)} {corpus.modality}s have no description "
+            f"(first: {escape(first_few(report.missing))}); training with descriptions {name!r} refuses them until they are written",
+            soft_wrap=True,
+        )
 
 
 @app.command("info")
@@ -123,21 +190,28 @@ def info_command(corpus_path: Path = typer.Argument(..., metavar="CORPUS", help=
         f"languages {', '.join(meta.languages)}"
     )
     counts = corpus.caption_counts()
-    table = Table(title="Captions")
-    for column in ("split", "images", "lang", *ORIGINS):
+    table = Table(title="Captions (gallery: the images a language's captions are ranked against)")
+    for column in ("split", "images", "lang", "gallery", *ORIGINS):
         table.add_column(column, justify="left" if column in ("split", "lang") else "right")
     for split in meta.splits:
-        langs = [lang for lang in meta.languages if any(counts.get((split, lang, o)) for o in ORIGINS)]
+        own = corpus.gallery_languages(split)
+        langs = [
+            lang for lang in meta.languages if lang in own or any(counts.get((split, lang, o)) for o in ORIGINS)
+        ]
         for i, lang in enumerate(langs or ["-"]):
             numbers = [counts.get((split, lang, origin), 0) for origin in ORIGINS]
+            gallery = "-" if lang == "-" else str(len(corpus.gallery(split, lang))) + (" own" if lang in own else "")
             table.add_row(
                 split if i == 0 else "",
                 str(len(corpus.image_ids(split))) if i == 0 else "",
                 lang,
+                gallery,
                 *(str(n) if n else "-" for n in numbers),
                 end_section=i == len(langs or ["-"]) - 1,
             )
     console.print(table)
+    if any(corpus.has_language_galleries(split) for split in meta.splits):
+        console.print("'own': the language has its own image list in that split; the others rank against the whole split")
 
     sources = corpus.description_sources()
     if sources:

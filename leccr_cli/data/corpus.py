@@ -5,10 +5,15 @@ CORPUS/
   corpus.json                 name, modality, languages, splits, media root, version
   images/                     HF dataset: image_id, split, path (relative to the media root)
   captions/                   HF dataset: cap_id, image_id, split, lang, origin, text, source, model
+  galleries/                  optional HF dataset: image_id, split, lang
   descriptions/<source>/      HF dataset: image_id, text, model, prompt
   slots/<encoder>/<split>.safetensors
   video/<name>.safetensors
 ```
+
+`galleries/` lists, for the (split, language) pairs that have their own image list (MSCOCO's
+ja and zh test sets differ), the images that language is ranked against; every other pair
+ranks against the whole split. A corpus without it reads as before.
 
 `source` is the cap id a translated caption was made from ("" for human captions) and
 `model` the system that wrote it ("" for human captions). Cap ids follow the NRCCR
@@ -37,6 +42,7 @@ ORIGINS = ("human", "mt", "back")
 CAPTION_COLUMNS = ("cap_id", "image_id", "split", "lang", "origin", "text", "source", "model")
 IMAGE_COLUMNS = ("image_id", "split", "path")
 DESCRIPTION_COLUMNS = ("image_id", "text", "model", "prompt")
+GALLERY_COLUMNS = ("image_id", "split", "lang")
 
 
 class Caption(NamedTuple):
@@ -58,6 +64,14 @@ class ImageRow(NamedTuple):
     image_id: str
     split: str
     path: str
+
+
+class GalleryRow(NamedTuple):
+    """An image of the gallery that one language of a split is ranked against."""
+
+    image_id: str
+    split: str
+    lang: str
 
 
 @dataclass
@@ -123,7 +137,7 @@ def read_description_table(folder: Path) -> list[dict]:
 # ---------------------------------------------------------------------- validation
 
 
-def _validate(images: list[ImageRow], captions: list[Caption], modality: str) -> None:
+def _validate(images: list[ImageRow], captions: list[Caption], modality: str, galleries: list[GalleryRow] = ()) -> None:
     if modality not in MODALITIES:
         raise CorpusError(f"unknown modality {modality!r}", f"use one of {', '.join(MODALITIES)}")
     if not images:
@@ -154,6 +168,34 @@ def _validate(images: list[ImageRow], captions: list[Caption], modality: str) ->
             raise CorpusError(
                 f"caption {cap.cap_id!r} refers to image {cap.image_id!r}, which split {cap.split!r} does not list"
             )
+    _validate_galleries(galleries, gallery, captions)
+
+
+def _validate_galleries(galleries: list[GalleryRow], listed: set[tuple[str, str]], captions: list[Caption]) -> None:
+    """Gallery images are listed in their split; human captions (the queries) are of their language's gallery."""
+    languages = {c.lang for c in captions}
+    seen: set[GalleryRow] = set()
+    for row in galleries:
+        where = f"gallery of split {row.split!r}, language {row.lang!r}"
+        if not row.image_id:
+            raise CorpusError(f"{where}: an image id is empty")
+        if row.lang not in languages:
+            raise CorpusError(f"{where}: the corpus has no captions in {row.lang!r}", "drop the gallery or add the captions")
+        if (row.image_id, row.split) not in listed:
+            raise CorpusError(f"{where}: image {row.image_id!r} is not listed in split {row.split!r}")
+        if row in seen:
+            raise CorpusError(f"{where}: image {row.image_id!r} is listed twice")
+        seen.add(row)
+    if not seen:
+        return
+    own_lists = {(row.split, row.lang) for row in seen}
+    for cap in captions:
+        if cap.origin == "human" and (cap.split, cap.lang) in own_lists and GalleryRow(cap.image_id, cap.split, cap.lang) not in seen:
+            raise CorpusError(
+                f"caption {cap.cap_id!r} is of image {cap.image_id!r}, which the gallery of split {cap.split!r}, "
+                f"language {cap.lang!r} lacks",
+                "a language's human captions must describe images of its own gallery",
+            )
 
 
 # -------------------------------------------------------------------------- writing
@@ -168,23 +210,32 @@ def write_corpus(
     images: Iterable[ImageRow],
     captions: Iterable[Caption],
     descriptions: dict[str, list[dict]] | None = None,
+    galleries: Iterable[GalleryRow] = (),
     overwrite: bool = False,
     fill: callable | None = None,
 ) -> "Corpus":
     """Write a whole corpus atomically and return it opened.
 
+    `galleries` lists, for (split, language) pairs with their own image list, the images of
+    that list (each must be listed in the split); pairs without rows rank against the split.
     `fill(folder)` may write extra files (rendered images, video features) into the
     temporary folder before it is renamed into place.
     """
     images = [ImageRow(*row) for row in images]
     captions = [Caption(*row) for row in captions]
-    _validate(images, captions, modality)
+    galleries = [GalleryRow(*row) for row in galleries]
+    _validate(images, captions, modality, galleries)
+    if galleries:  # stored in the split's image order, so every reader sees one order
+        position = {(r.image_id, r.split): i for i, r in enumerate(images)}
+        galleries.sort(key=lambda r: (r.split, r.lang, position[r.image_id, r.split]))
     out = Path(out)
     with atomic_directory(out, overwrite=overwrite) as folder:
         if fill is not None:
             fill(folder)
         _save_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
         _save_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
+        if galleries:
+            _save_dataset({c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries")
         for source, rows in (descriptions or {}).items():
             _save_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
         meta = CorpusMeta(
@@ -205,6 +256,56 @@ def _ordered_splits(splits: Iterable[str]) -> list[str]:
 
 # -------------------------------------------------------------------------- reading
 
+_META_STRINGS = ("name", "modality", "media_root")
+_META_LISTS = ("languages", "splits")
+
+
+def _shown(value) -> str:
+    """How a JSON value reads in a message: its kind and, when short, itself."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    kind = {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}[type(value)]
+    text = json.dumps(value, ensure_ascii=False)
+    return f"{kind} ({text})" if len(text) <= 40 else kind
+
+
+def _read_meta(raw, meta_file: Path) -> CorpusMeta:
+    """Check the keys and types of corpus.json: each mistake is one line naming the file and key."""
+    rebuild = "re-create the corpus with `leccr data`"
+    if not isinstance(raw, dict):
+        raise CorpusError(f"{meta_file}: expected a JSON object, found {_shown(raw)}", rebuild)
+    known = (*_META_STRINGS, *_META_LISTS, "version")
+    unknown = [key for key in raw if key not in known]
+    if unknown:
+        raise CorpusError(f"{meta_file}: unknown key {unknown[0]!r}", f"corpus.json holds {', '.join(known)}")
+    missing = [key for key in known[:-1] if key not in raw]
+    if missing:
+        raise CorpusError(f"{meta_file}: key {missing[0]!r} is missing", rebuild)
+    for key in _META_STRINGS:
+        if not isinstance(raw[key], str):
+            raise CorpusError(f"{meta_file}: key {key!r} is {_shown(raw[key])}; expected a string")
+    for key in _META_LISTS:
+        value = raw[key]
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            example = '["train", "val", "test"]' if key == "splits" else '["de", "en"]'
+            raise CorpusError(f"{meta_file}: key {key!r} is {_shown(value)}; expected a list of strings such as {example}")
+        if len(set(value)) != len(value):
+            raise CorpusError(f"{meta_file}: key {key!r} names {next(v for v in value if value.count(v) > 1)!r} twice")
+    for lang in raw["languages"]:
+        if lang not in ISO_639_1:
+            raise CorpusError(f"{meta_file}: key 'languages' holds {lang!r}; expected ISO 639-1 codes such as de, ja")
+    version = raw.get("version", CORPUS_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CorpusError(f"{meta_file}: key 'version' is {_shown(version)}; expected the integer {CORPUS_VERSION}")
+    if version != CORPUS_VERSION:
+        raise CorpusError(
+            f"{meta_file}: version {version} is not supported (this leccr reads {CORPUS_VERSION})",
+            "re-create the corpus with this version of leccr",
+        )
+    if raw["modality"] not in MODALITIES:
+        raise CorpusError(f"{meta_file}: key 'modality' is {raw['modality']!r}; expected one of {', '.join(MODALITIES)}")
+    return CorpusMeta(**raw)
+
 
 class Corpus:
     """An opened corpus folder. Tables are read lazily and cached."""
@@ -214,6 +315,7 @@ class Corpus:
         self.meta = meta
         self._captions: list[Caption] | None = None
         self._images: list[ImageRow] | None = None
+        self._galleries: dict[tuple[str, str], list[str]] | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> "Corpus":
@@ -228,19 +330,11 @@ class Corpus:
             raise CorpusError(f"corpus {path}: corpus.json is missing", "is this a corpus folder made by `leccr data`?")
         try:
             raw = json.loads(meta_file.read_text(encoding="utf-8"))
-            meta = CorpusMeta(**raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CorpusError(
                 f"corpus {path}: corpus.json is corrupt ({error})", "re-create the corpus with `leccr data`"
             ) from None
-        if meta.version != CORPUS_VERSION:
-            raise CorpusError(
-                f"corpus {path}: version {meta.version} is not supported (this leccr reads {CORPUS_VERSION})",
-                "re-create the corpus with this version of leccr",
-            )
-        if meta.modality not in MODALITIES:
-            raise CorpusError(f"corpus {path}: corpus.json has modality {meta.modality!r}", "expected image or video")
-        return cls(path, meta)
+        return cls(path, _read_meta(raw, meta_file))
 
     # -- basic facts
     @property
@@ -318,6 +412,38 @@ class Corpus:
         root = self.media_root
         return {row.image_id: root / row.path for row in self.images(split)}
 
+    # -- galleries
+    def _gallery_lists(self) -> dict[tuple[str, str], list[str]]:
+        if self._galleries is None:
+            self._galleries = {}
+            if (self.path / "galleries").is_dir():
+                cols = _load_columns(self.path / "galleries", GALLERY_COLUMNS, "galleries")
+                for image_id, split, lang in zip(*(cols[c] for c in GALLERY_COLUMNS)):
+                    self._galleries.setdefault((split, lang), []).append(image_id)
+        return self._galleries
+
+    def gallery_languages(self, split: str) -> list[str]:
+        """Languages of `split` that have their own gallery (image list) in galleries/."""
+        self.check_split(split)
+        return sorted(lang for s, lang in self._gallery_lists() if s == split)
+
+    def has_language_galleries(self, split: str) -> bool:
+        """Whether some language of `split` is ranked against its own image list."""
+        return bool(self.gallery_languages(split))
+
+    def gallery(self, split: str, lang: str) -> list[str]:
+        """The image ids `lang`'s queries of `split` are ranked against, in the split's order.
+
+        That is the language's own list when galleries/ has one, else every image of the split.
+        """
+        self.check_split(split)
+        self.check_lang(lang)
+        own = self._gallery_lists().get((split, lang))
+        if own is None:
+            return self.image_ids(split)
+        members = set(own)
+        return [image_id for image_id in self.image_ids(split) if image_id in members]
+
     # -- captions
     def captions(
         self, split: str | None = None, lang: str | None = None, origin: str | None = None
@@ -355,7 +481,8 @@ class Corpus:
         if dropped:
             existing = [c for c in existing if c.cap_id not in dropped]
         merged = existing + new
-        _validate(self.images(), merged, self.modality)
+        galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
+        _validate(self.images(), merged, self.modality, galleries)
         with atomic_directory(self.path / "captions", overwrite=True) as folder:
             shutil.rmtree(folder)
             _save_dataset({c: [getattr(r, c) for r in merged] for c in CAPTION_COLUMNS}, folder)

@@ -85,13 +85,35 @@ class FrameFeatures:
 
 
 def read_bigfile(folder: Path):
-    """Read an NRCCR/dual-encoding BigFile folder: (ids, float32 numpy array [N, D])."""
+    """Read an NRCCR/dual-encoding BigFile folder: (ids, float32 array [N, D], memory-mapped).
+
+    shape.txt holds `<rows> <dim>`, id.txt the row ids separated by whitespace, feature.bin
+    rows x dim little-endian float32 values; any disagreement is one error naming the numbers.
+    """
+    folder = Path(folder)
+    shape_file, id_file, feature_file = folder / "shape.txt", folder / "id.txt", folder / "feature.bin"
+    for path in (shape_file, id_file, feature_file):
+        if not path.is_file():
+            raise CorpusError(f"{folder}: not a BigFile feature folder ({path.name} is missing)", "it needs shape.txt, id.txt and feature.bin")
     try:
-        rows, dim = (int(x) for x in (folder / "shape.txt").read_text().split())
-        ids = (folder / "id.txt").read_text().split()
-        data = np.fromfile(folder / "feature.bin", dtype=np.float32)
-    except (OSError, ValueError) as error:
-        raise CorpusError(f"{folder}: not a readable BigFile feature folder ({error})", "it needs shape.txt, id.txt and feature.bin") from None
-    if len(ids) != rows or data.size != rows * dim:
-        raise CorpusError(f"{folder}: shape.txt says {rows}x{dim} but id.txt has {len(ids)} ids and feature.bin {data.size} floats")
-    return ids, data.reshape(rows, dim)
+        shape_text = shape_file.read_text(encoding="utf-8-sig")
+        ids = id_file.read_text(encoding="utf-8-sig").split()
+        size = feature_file.stat().st_size
+    except (OSError, UnicodeDecodeError) as error:
+        raise CorpusError(f"{folder}: cannot be read ({error})") from None
+    fields = shape_text.split()
+    if len(fields) != 2 or not all(f.isdigit() and int(f) > 0 for f in fields):
+        raise CorpusError(f"{shape_file}: expected two positive integers `<rows> <dim>`, found {shape_text.strip()[:40]!r}")
+    rows, dim = int(fields[0]), int(fields[1])
+    if len(ids) != rows:
+        raise CorpusError(f"{id_file}: {len(ids)} ids, but {shape_file} says {rows} rows")
+    if len(set(ids)) != rows:
+        seen: set[str] = set()
+        twice = next(i for i in ids if i in seen or seen.add(i))
+        raise CorpusError(f"{id_file}: id {twice!r} appears more than once")
+    expected = rows * dim * 4
+    if size != expected:
+        raise CorpusError(
+            f"{feature_file}: {size} bytes, but {shape_file} says {rows} x {dim} float32 values = {expected} bytes"
+        )
+    return ids, np.memmap(feature_file, dtype="<f4", mode="r", shape=(rows, dim))
