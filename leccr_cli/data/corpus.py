@@ -89,6 +89,11 @@ class CorpusMeta:
         return json.dumps(self.__dict__, indent=2, ensure_ascii=False) + "\n"
 
 
+def _is_table_file(name: str) -> bool:
+    """Whether `name` is one of the files `Dataset.save_to_disk` writes into a table folder."""
+    return name in ("dataset_info.json", "state.json") or (name.startswith("data-") and name.endswith(".arrow"))
+
+
 def translated_cap_id(source_cap_id: str, target_lang: str) -> str:
     """The cap id of the translation of `source_cap_id` into `target_lang` (NRCCR style)."""
     image_id, tag, number = split_cap_id(source_cap_id)
@@ -106,7 +111,9 @@ def split_cap_id(cap_id: str) -> tuple[str, str, str]:
 def _save_dataset(columns: dict[str, list], folder: Path) -> None:
     disable_progress_bar()
     features = Features({name: Value("string") for name in columns})
-    Dataset.from_dict(columns, features=features).save_to_disk(str(folder))
+    empty = not any(columns.values())
+    # an empty table needs one explicit shard, or it cannot be read back (a corpus of images without captions)
+    Dataset.from_dict(columns, features=features).save_to_disk(str(folder), num_shards=1 if empty else None)
 
 
 def _load_columns(folder: Path, columns: tuple[str, ...], what: str) -> dict[str, list]:
@@ -395,6 +402,26 @@ class Corpus:
             return list(self._images)
         self.check_split(split)
         return [row for row in self._images if row.split == split]
+
+    def add_images(self, rows: Iterable[ImageRow]) -> None:
+        """Append gallery rows (a new split may appear) atomically; captions and descriptions stay.
+
+        Refused when media files live in images/ beside the table (the synthetic corpus): the
+        table is rewritten by replacing that folder.
+        """
+        folder = self.path / "images"
+        media = [p.name for p in folder.iterdir() if not _is_table_file(p.name)]
+        if media:
+            raise CorpusError(f"corpus {self.path} keeps media files in images/ (e.g. {media[0]}); images cannot be added to it")
+        merged = self.images() + [ImageRow(*row) for row in rows]
+        galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
+        _validate(merged, self.captions(), self.modality, galleries)
+        with atomic_directory(folder, overwrite=True) as temporary:
+            shutil.rmtree(temporary)
+            _save_dataset({c: [getattr(r, c) for r in merged] for c in IMAGE_COLUMNS}, temporary)
+        self._images = merged
+        self.meta.splits = _ordered_splits({r.split for r in merged})
+        self._write_meta()
 
     def image_ids(self, split: str) -> list[str]:
         """Image ids of a split in gallery order."""
