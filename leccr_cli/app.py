@@ -26,6 +26,7 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from leccr_cli.data.corpus import Corpus
@@ -221,9 +222,13 @@ class RunApp:
             slots=None if embeds.slot_embeds is None else embeds.slot_embeds.shape[1], slot_mask=embeds.slot_mask is not None,
             dtype="fp32",
         )  # fmt: skip
+        items = pa.table({
+            "image_id": image_ids,
+            "path": [str(paths[i].resolve()) for i in image_ids],
+            "description": [descriptions.get(i, "") for i in image_ids],
+        })  # fmt: skip
         return Index(
-            Path(self.run_dir), info, image_ids, [str(paths[i].resolve()) for i in image_ids],
-            [descriptions.get(i, "") for i in image_ids], embeds.global_embeds.cpu(),
+            Path(self.run_dir), info, items, embeds.global_embeds.cpu(),
             None if embeds.slot_embeds is None else embeds.slot_embeds.cpu(),
             None if embeds.slot_mask is None else embeds.slot_mask.cpu(),
         )  # fmt: skip

@@ -22,8 +22,8 @@ were added equals one built from scratch.
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 from datasets import Dataset, Features, Value, load_from_disk
 from datasets.utils.logging import disable_progress_bar
@@ -189,18 +190,28 @@ def _memory_map(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@dataclass
 class Index:
-    """An opened index: its info, item rows and memory-mapped embeddings."""
+    """An opened index: its info, its items (a memory-mapped Arrow table) and memory-mapped embeddings.
 
-    folder: Path
-    info: IndexInfo
-    image_ids: list[str]
-    paths: list[str]
-    descriptions: list[str]
-    global_embeds: torch.Tensor  # [N, D], memory-mapped
-    slot_embeds: torch.Tensor | None  # [N, K, D], memory-mapped
-    slot_mask: torch.Tensor | None  # [N, K] bool
+    Nothing is read up front: a search touches the embedding rows it scores and the items of its hits.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        info: IndexInfo,
+        items: pa.Table,
+        global_embeds: torch.Tensor,
+        slot_embeds: torch.Tensor | None = None,
+        slot_mask: torch.Tensor | None = None,
+    ):
+        self.folder = folder
+        self.info = info
+        self.items = items  # image_id, path, description per row
+        self.global_embeds = global_embeds  # [N, D]
+        self.slot_embeds = slot_embeds  # [N, K, D]
+        self.slot_mask = slot_mask  # [N, K] bool
+        self._columns: dict[str, list[str]] = {}
 
     @classmethod
     def open(cls, folder: str | Path) -> "Index":
@@ -226,17 +237,36 @@ class Index:
         global_embeds = tensors.get("global")
         shape_ok = global_embeds is not None and tuple(global_embeds.shape) == (info.count, info.dim)
         slots_ok = (info.slots is None) == ("slots" not in tensors) and (info.slot_mask == ("slot_mask" in tensors))
-        if not shape_ok or not slots_ok or len(items["image_id"]) != info.count:
+        if not shape_ok or not slots_ok or items.num_rows != info.count:
             found = "none" if global_embeds is None else "x".join(map(str, global_embeds.shape))
             raise IndexFolderError(
                 f"index {folder} is inconsistent ({INDEX_FILE}: {info.count} x {info.dim}; embeddings: {found}; "
-                f"items: {len(items['image_id'])})",
+                f"items: {items.num_rows})",
                 rebuild,
             )
-        return cls(
-            folder, info, items["image_id"], items["path"], items["description"],
-            global_embeds, tensors.get("slots"), tensors.get("slot_mask"),
-        )  # fmt: skip
+        return cls(folder, info, items, global_embeds, tensors.get("slots"), tensors.get("slot_mask"))
+
+    def column(self, name: str) -> list[str]:
+        """A whole item column as a list (read once)."""
+        if name not in self._columns:
+            self._columns[name] = self.items.column(name).to_pylist()
+        return self._columns[name]
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.column("image_id")
+
+    @property
+    def paths(self) -> list[str]:
+        return self.column("path")
+
+    @property
+    def descriptions(self) -> list[str]:
+        return self.column("description")
+
+    def item(self, row: int) -> tuple[str, str, str]:
+        """(image id, path, description) of one row."""
+        return tuple(self.items.column(name)[row].as_py() for name in ITEM_COLUMNS)
 
     def __len__(self) -> int:
         return self.info.count
@@ -260,13 +290,16 @@ class Index:
             )
 
 
-def _read_items(folder: Path, rebuild: str) -> dict[str, list[str]]:
+def _read_items(folder: Path, rebuild: str) -> pa.Table:
     disable_progress_bar()
     try:
         table = load_from_disk(str(folder)).data.table
-        return {column: table.column(column).to_pylist() for column in ITEM_COLUMNS}
-    except (FileNotFoundError, OSError, ValueError, KeyError) as error:
+    except (FileNotFoundError, OSError, ValueError) as error:
         raise IndexFolderError(f"index {folder.parent}: {ITEMS_DIR}/ is missing or damaged ({error})", rebuild) from None
+    missing = [column for column in ITEM_COLUMNS if column not in table.column_names]
+    if missing:
+        raise IndexFolderError(f"index {folder.parent}: {ITEMS_DIR}/ lacks the columns {', '.join(missing)}", rebuild)
+    return table.select(list(ITEM_COLUMNS))
 
 
 # ------------------------------------------------------------------------------ building

@@ -28,7 +28,8 @@ from leccr_cli.runs import MODEL_DIR, read_run_recipe
 
 DEFAULT_K = 10
 DEFAULT_MEMORY_BUDGET_MB = 256
-QUERY_BATCH = 256  # queries scored together (their score block is [QUERY_BATCH, chunk])
+QUERY_BATCH = 256  # queries embedded and scored together
+CONVERT_ROWS = 2048  # index rows converted to float32 at a time (2 MiB at 256 dims: it stays in the CPU cache)
 
 
 class SearchError(LeccrError):
@@ -56,13 +57,9 @@ class QueryNotes:
     clamped_from: int | None = None  # the k asked for, when larger than the index
 
 
-def _chunk_rows(index: Index, queries: int, fusion: bool, memory_budget_mb: float) -> int:
-    """Rows scored at once: a float32 copy of the rows (and slots with fusion) plus the score block fit the budget."""
-    dim = index.info.dim
-    per_row = 4 * (dim + queries)
-    if fusion and index.info.slots:
-        per_row += 4 * index.info.slots * (dim + 2 * queries)
-    return max(1, int(memory_budget_mb * 2**20) // per_row)
+def _block_rows(queries: int, count: int, memory_budget_mb: float) -> int:
+    """Rows whose scores are held at once ([queries, rows] float32 within the budget), at least one conversion chunk."""
+    return min(count, max(CONVERT_ROWS, int(memory_budget_mb * 2**20) // (4 * queries)))
 
 
 def top_k(
@@ -76,33 +73,36 @@ def top_k(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [Q, k], rows [Q, k]) of the best k rows of `index` for every query, best first.
 
-    Exact: every row is scored with `model.score` (float32), a chunk of rows at a time;
-    equal scores keep the gallery order.
+    Exact: every row is scored with `model.score` in float32. Rows are converted to float32
+    `CONVERT_ROWS` at a time (a copy that stays in the CPU cache), their scores gathered in
+    blocks that fit `memory_budget_mb`, and the best k of each block kept. Equal scores keep
+    the gallery order.
     """
     count = len(index)
     k = min(k, count)
     queries = query_embeds.float().cpu()
-    step = _chunk_rows(index, len(queries), fusion is not None, memory_budget_mb)
+    block = _block_rows(len(queries), count, memory_budget_mb)
+    convert = min(CONVERT_ROWS, count)
+    global_buffer = torch.empty(convert, index.info.dim)
+    slot_buffer = torch.empty(convert, index.info.slots, index.info.dim) if fusion is not None else None
+    scores = torch.empty(len(queries), block)
     best_scores = torch.empty(len(queries), 0)
     best_rows = torch.empty(len(queries), 0, dtype=torch.long)
-    global_buffer = torch.empty(min(step, count), index.info.dim)
-    slot_buffer = None
-    if fusion is not None:
-        slot_buffer = torch.empty(min(step, count), index.info.slots, index.info.dim)
     with torch.inference_mode():
-        for start in range(0, count, step):
-            stop = min(start + step, count)
-            rows = global_buffer[: stop - start]
-            rows.copy_(index.global_embeds[start:stop])
-            gallery = ImageEmbeddings(rows)
-            if slot_buffer is not None:
-                slots = slot_buffer[: stop - start]
-                slots.copy_(index.slot_embeds[start:stop])
-                mask = None if index.slot_mask is None else index.slot_mask[start:stop]
-                gallery = ImageEmbeddings(rows, slots, mask)
-            scores = model.score(queries, gallery, fusion=fusion)
-            keep = min(k, stop - start)
-            values, positions = scores.topk(keep, dim=1)
+        for start in range(0, count, block):
+            stop = min(start + block, count)
+            for first in range(start, stop, convert):
+                last = min(first + convert, stop)
+                rows = global_buffer[: last - first]
+                rows.copy_(index.global_embeds[first:last])
+                gallery = ImageEmbeddings(rows)
+                if slot_buffer is not None:
+                    slots = slot_buffer[: last - first]
+                    slots.copy_(index.slot_embeds[first:last])
+                    mask = None if index.slot_mask is None else index.slot_mask[first:last]
+                    gallery = ImageEmbeddings(rows, slots, mask)
+                scores[:, first - start : last - start] = model.score(queries, gallery, fusion=fusion)
+            values, positions = scores[:, : stop - start].topk(min(k, stop - start), dim=1)
             best_scores = torch.cat([best_scores, values], dim=1)
             best_rows = torch.cat([best_rows, positions + start], dim=1)
             if best_scores.shape[1] > k:
@@ -192,5 +192,5 @@ class Searcher:
         return hits, notes
 
     def hit(self, rank: int, score: float, row: int) -> Hit:
-        index = self.index
-        return Hit(rank, score, index.image_ids[row], index.paths[row], index.descriptions[row], row)
+        image_id, path, description = self.index.item(row)
+        return Hit(rank, score, image_id, path, description, row)

@@ -51,10 +51,6 @@ def _gallery_of(synthetic_corpus, folder, count, first=0):
     return folder
 
 
-def _tensors(index: Index) -> dict:
-    return {"global": index.global_embeds.clone(), "slots": None if index.slot_embeds is None else index.slot_embeds.clone()}
-
-
 # ---------------------------------------------------------------------- the same ranks as evaluate
 
 

@@ -27,9 +27,11 @@ def app_command(
         import gradio  # noqa: F401
     except ImportError:
         raise LeccrError("`leccr app` needs Gradio, which is an optional extra", "install it with: pip install 'leccr[app]'") from None
-    from leccr_cli.app import RunApp, serve
+    from leccr_cli.app import RunApp, check_port, serve
     from leccr_cli.console import err_console
 
+    if port is not None:
+        check_port(host, port)  # before minutes of loading
     with err_console.status(f"Loading {run} ..."):
         app = RunApp(run, index, device=device)
     serve(app, host=host, port=port, share=share)
