@@ -342,7 +342,7 @@ def _search_tab(app: RunApp) -> None:
     note = gr.Markdown()
     gallery = gr.Gallery(label="Top hits (click one to see its slots)", columns=5, height="auto", object_fit="contain")
     details = gr.HTML()
-    table = gr.Dataframe(label="Hits", wrap=True)
+    table = gr.Dataframe(label="Hits", wrap=True, column_widths=["7%", "8%", "12%", "73%"])
     hits_state = gr.State([])
 
     def run_search(text, top, alpha):
@@ -382,7 +382,7 @@ def _test_tab(app: RunApp) -> None:
         k = gr.Slider(1, 50, value=DEFAULT_K, step=1, label="k", scale=1)
     button = gr.Button("Rank the test gallery", variant="primary")
     verdict = gr.Markdown()
-    gallery = gr.Gallery(label="Top hits (the ground truth is marked)", columns=5, height="auto", object_fit="contain")
+    gallery = gr.Gallery(label="Top hits (the ground truth is marked)", columns=6, height="auto", object_fit="contain")
 
     def run_test(language, position, top):
         try:
@@ -426,6 +426,13 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
+def _offline_theme() -> gr.themes.Base:
+    """Gradio's default look with system fonts (the default fetches web fonts, which offline machines cannot)."""
+    return gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
+    )
+
+
 def serve(app: RunApp, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False, block: bool = True):
     """Start the app; returns (blocks, url). `block=False` returns at once with the server running in a thread."""
     if port is not None:
@@ -434,7 +441,7 @@ def serve(app: RunApp, *, host: str = "127.0.0.1", port: int | None = None, shar
     try:
         _, url, _ = blocks.launch(
             server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=False,
-            show_error=True, allowed_paths=app.media_roots(),
+            show_error=True, allowed_paths=app.media_roots(), theme=_offline_theme(),
         )  # fmt: skip
     except OSError as error:
         raise LeccrError(f"cannot serve on {host}:{port or 'a free port'} ({error})", "choose another --port or --host") from None

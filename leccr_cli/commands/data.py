@@ -200,7 +200,7 @@ def import_images_command(
         f"[green]Wrote[/] {escape(str(corpus.path))}: {total} images in split {escape(split)} "
         f"({report.added} new, {report.already} already listed); media root {escape(str(corpus.media_root))}"
     )
-    console.print(f"Next: describe them with `leccr caption {escape(str(corpus.path))}`, then `leccr index RUN {escape(str(corpus.path))}`")
+    console.print(f"Next: describe them with `leccr caption {escape(str(corpus.path))}`, then `leccr index RUN {escape(str(corpus.path))} --out INDEX`")
     if report.skipped:
         count = len(report.skipped)
         err_console.print(f"[yellow]warning:[/] skipped {count} unreadable file{'s' if count > 1 else ''}:")
