@@ -35,7 +35,8 @@ import pyarrow as pa
 import torch
 from datasets import Dataset, Features, Value, load_from_disk
 from datasets.utils.logging import disable_progress_bar
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from leccr_cli.data.corpus import Corpus
 from leccr_cli.data.imports import first_few
@@ -403,19 +404,18 @@ class _Parts:
             leftover.unlink(missing_ok=True)
         atomic_write_text(self.folder / "settings.json", json.dumps(self.settings, indent=2) + "\n")
 
-    def done(self) -> dict[str, tuple[Path, int, str]]:
-        """image id -> (part file, row, description) of every embedded image."""
+    def done(self, wanted: dict[str, str]) -> dict[str, tuple[Path, int]]:
+        """image id -> (part file, row) of every image embedded with the description `wanted` gives it."""
         found = {}
         for path in self.files():
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata()
             for row, (image_id, text) in enumerate(zip(json.loads(meta["image_ids"]), json.loads(meta["descriptions"]))):
-                found[image_id] = (path, row, text)
+                if wanted.get(image_id) == text:
+                    found.setdefault(image_id, (path, row))
         return found
 
     def write(self, image_ids: list[str], descriptions: list[str], tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
         metadata = {"image_ids": json.dumps(image_ids, ensure_ascii=False), "descriptions": json.dumps(descriptions, ensure_ascii=False)}
         with atomic_file(self.folder / f"part-{uuid.uuid4().hex}.safetensors") as temporary:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
@@ -450,8 +450,6 @@ class _RowSource:
                 found["slot_mask"] = index.slot_mask
             return found
         if self.current[0] != source:
-            from safetensors.torch import load_file
-
             self.current = (source, load_file(str(source)))
         return self.current[1]
 
@@ -565,14 +563,14 @@ def build_index(
     parts = _Parts(_parts_folder(out), settings)
     parts.start(overwrite)
 
-    # what each row needs: the existing index's row (same description), an earlier part's, or embedding
+    # each row comes from the existing index (same description), a part of an earlier run, or is embedded now
+    wanted = dict(zip(image_ids, texts))
     kept = {}
     if existing is not None:
-        kept = {i: (row, text) for row, (i, text) in enumerate(zip(existing.image_ids, existing.descriptions))}
-    done = parts.done()
-    wanted = dict(zip(image_ids, texts))
-    todo = [i for i in image_ids if kept.get(i, (None, None))[1] != wanted[i] and done.get(i, (None, None, None))[2] != wanted[i]]
-    resumed = sum(i in done and done[i][2] == wanted[i] and kept.get(i, (None, None))[1] != wanted[i] for i in image_ids)
+        kept = {i: row for row, (i, text) in enumerate(zip(existing.image_ids, existing.descriptions)) if wanted.get(i) == text}
+    done = parts.done(wanted)
+    todo = [i for i in image_ids if i not in kept and i not in done]
+    resumed = sum(i in done and i not in kept for i in image_ids)
 
     embedded = 0
     if todo:
@@ -584,19 +582,12 @@ def build_index(
             embedded += len(batch_ids)
             if on_batch is not None:
                 on_batch(len(batch_ids))
-        done = parts.done()
+        done = parts.done(wanted)
 
-    rows: list[tuple[Path | None, int]] = []
-    for image_id in image_ids:
-        part = done.get(image_id)
-        if part is not None and part[2] == wanted[image_id]:
-            rows.append((part[0], part[1]))
-        else:
-            rows.append((None, kept[image_id][0]))
-    reused = sum(source is None for source, _ in rows)
+    rows = [done[i] if i in done else (None, kept[i]) for i in image_ids]
+    reused = sum(origin is None for origin, _ in rows)
     dropped = 0 if existing is None else len(set(existing.image_ids) - set(image_ids))
-    unchanged = existing is not None and reused == len(image_ids) and existing.image_ids == image_ids
-    if unchanged:
+    if existing is not None and reused == len(image_ids) and (existing.image_ids, existing.paths) == (image_ids, plan.paths):
         shutil.rmtree(parts.folder, ignore_errors=True)
         return IndexReport(out, len(image_ids), 0, 0, reused, 0, storage, "up to date")
     with atomic_directory(out, overwrite=True) as temporary:

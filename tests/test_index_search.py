@@ -171,7 +171,7 @@ def test_new_images_are_appended_and_equal_a_fresh_index(trained_run, synthetic_
     import_descriptions(corpus, descriptions, "synthetic", overwrite=True)
     grown = build_index(trained_run, corpus.path, tmp_path / "index")
     assert (grown.count, grown.embedded, grown.reused, grown.status) == (15, 5, 10, "updated")
-    fresh = build_index(trained_run, corpus.path, tmp_path / "fresh")
+    build_index(trained_run, corpus.path, tmp_path / "fresh")
     a, b = Index.open(tmp_path / "index"), Index.open(tmp_path / "fresh")
     assert a.image_ids == b.image_ids == Corpus.open(corpus.path).image_ids("gallery")
     assert torch.equal(a.global_embeds, b.global_embeds) and torch.equal(a.slot_embeds, b.slot_embeds)
