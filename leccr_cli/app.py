@@ -94,11 +94,11 @@ class RunApp:
 
     @staticmethod
     def gallery(hits: list[Hit], marked: str | None = None) -> list[tuple[str, str]]:
-        """(image path, caption) per hit; the hit whose id is `marked` is labelled as the ground truth."""
+        """(image path, caption) per hit; the hit whose id is `marked` (the ground truth) gets a check mark."""
         items = []
         for hit in hits:
             label = f"#{hit.rank}  {hit.score:.3f}  {hit.image_id}"
-            items.append((hit.path, ("✔ ground truth  " if hit.image_id == marked else "") + label))
+            items.append((hit.path, ("✔ " if hit.image_id == marked else "") + label))
         return items
 
     @staticmethod
@@ -382,7 +382,7 @@ def _test_tab(app: RunApp) -> None:
         k = gr.Slider(1, 50, value=DEFAULT_K, step=1, label="k", scale=1)
     button = gr.Button("Rank the test gallery", variant="primary")
     verdict = gr.Markdown()
-    gallery = gr.Gallery(label="Top hits (the ground truth is marked)", columns=6, height="auto", object_fit="contain")
+    gallery = gr.Gallery(label="Top hits (✔ the ground truth)", columns=6, height="auto", object_fit="contain")
 
     def run_test(language, position, top):
         try:
@@ -393,7 +393,7 @@ def _test_tab(app: RunApp) -> None:
         total = len(app.test_searcher().index)
         if rank > len(hits):
             truth = app.test_searcher().index.image_ids.index(owner)
-            items.append((app.test_searcher().index.paths[truth], f"✔ ground truth  #{rank}  {owner}"))
+            items.append((app.test_searcher().index.paths[truth], f"✔ #{rank}  {owner}"))
         found = "a hit at rank 1" if rank == 1 else f"rank {rank}"
         return items, f"Ground truth **{owner}**: {found} of {total} (R@1 {'yes' if rank <= 1 else 'no'}, R@5 {'yes' if rank <= 5 else 'no'}, R@10 {'yes' if rank <= 10 else 'no'})"
 

@@ -111,7 +111,7 @@ def test_the_app_serves_the_three_tabs_over_http(run_app):
         assert "slot 1" in details
         tested, verdict = client.predict("de", 0, 5, api_name="/test_query")
         _, owner, rank = run_app.test_query("de", 0, 5)
-        assert f"Ground truth **{owner}**" in verdict and any(item["caption"].startswith("✔ ground truth") for item in tested)
+        assert f"Ground truth **{owner}**" in verdict and any(item["caption"].startswith(f"✔ #{rank}  ") for item in tested)
         assert (f"rank {rank} of 15" in verdict) or (rank == 1 and "rank 1 of 15" in verdict)
         evaluation, validation, losses = client.predict(api_name="/run_logs")
         expected = run_app.validation_curve().values.tolist()
