@@ -18,7 +18,9 @@ def search_command(
     queries: Path | None = typer.Option(
         None, "--queries", metavar="FILE", help="Answer every line of FILE (one query per line; blank lines skipped) as JSON lines."
     ),
-    device: str = typer.Option("cpu", "--device", help="Where queries are embedded and scored: cpu, cuda or cuda:N."),
+    device: str = typer.Option(
+        "cpu", "--device", help="Where queries are embedded: cpu, cuda or cuda:N (scoring runs on the CPU over the memory-mapped index)."
+    ),
     memory_budget: int = typer.Option(256, "--memory-budget", min=16, metavar="MB", help="Memory for one chunk of rows being scored."),
 ) -> None:
     """The exact top-k images of an index for a query, in any language the model was trained for.
