@@ -19,7 +19,7 @@ def app_command(
 ) -> None:
     """Serve a web app over a run: Search (an index, any language, with each hit's semantic slots), Test queries (test captions, ground truth marked, its rank) and Run (evaluation table, validation SumR and loss curves).
 
-    Needs the optional extra: pip install 'leccr[app]'. Listens on 127.0.0.1 only unless --host says otherwise; never public unless --share.
+    Needs the optional extra: pip install 'leccr\\[app]'. Listens on 127.0.0.1 only unless --host says otherwise; never public unless --share.
     """
     from leccr_cli.errors import LeccrError
 

@@ -21,7 +21,7 @@ def search_command(
     device: str = typer.Option(
         "cpu", "--device", help="Where queries are embedded: cpu, cuda or cuda:N (scoring runs on the CPU over the memory-mapped index)."
     ),
-    memory_budget: int = typer.Option(256, "--memory-budget", min=16, metavar="MB", help="Memory for one chunk of rows being scored."),
+    memory_budget: int = typer.Option(256, "--memory-budget", min=16, metavar="MB", help="Memory for the scores of one block of rows (their top k is kept)."),
 ) -> None:
     """The exact top-k images of an index for a query, in any language the model was trained for.
 
