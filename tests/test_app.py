@@ -136,3 +136,21 @@ def test_without_gradio_the_command_says_how_to_install_it(trained_run, monkeypa
     monkeypatch.setitem(sys.modules, "gradio", None)
     line = _error_line(runner.invoke(cli, ["app", str(trained_run)]))
     assert "pip install 'leccr[app]'" in line
+
+
+@needs_gradio
+def test_an_index_of_another_model_is_refused(trained_run, synthetic_corpus, tmp_path):
+    import shutil
+
+    import torch
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(trained_run / "recipe.yaml", other / "recipe.yaml")
+    _, model = load_run(trained_run)
+    with torch.no_grad():
+        model.image_head.weight.mul_(2.0)
+    model.save_pretrained(other / "model")
+    build_index(other, synthetic_corpus, tmp_path / "index", split="test")
+    line = _error_line(runner.invoke(cli, ["app", str(trained_run), "--index", str(tmp_path / "index")]))
+    assert "was built by another model" in line and f"leccr index {trained_run}" in line
