@@ -11,6 +11,8 @@ gallery order.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +31,7 @@ from leccr_cli.runs import MODEL_DIR, read_run_recipe
 DEFAULT_K = 10
 DEFAULT_MEMORY_BUDGET_MB = 256
 QUERY_BATCH = 256  # queries embedded and scored together
+ROWS_PER_WORKER = 1 << 16  # smaller indexes are scanned by one worker
 CONVERT_ROWS = 1024  # index rows converted to float32 at a time (1 MiB at 256 dims: it stays in the CPU's L2 cache)
 
 
@@ -62,35 +65,41 @@ def _block_rows(queries: int, count: int, memory_budget_mb: float) -> int:
     return min(count, max(CONVERT_ROWS, int(memory_budget_mb * 2**20) // (4 * queries)))
 
 
-def top_k(
-    model: LeccrModel,
-    query_embeds: torch.Tensor,
-    index: Index,
-    k: int,
-    *,
-    fusion: float | None = None,
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores [Q, k], rows [Q, k]) of the best k rows of `index` for every query, best first.
+_pools: dict[int, ThreadPoolExecutor] = {}
 
-    Exact: every row is scored with `model.score` in float32. Rows are converted to float32
-    `CONVERT_ROWS` at a time (a copy that stays in the CPU cache), their scores gathered in
-    blocks that fit `memory_budget_mb`, and the best k of each block kept. Equal scores keep
-    the gallery order.
+
+def _scan_pool(workers: int) -> ThreadPoolExecutor:
+    """Threads that run torch single-threaded (made once per size).
+
+    The scan is many small ops: run with several OpenMP threads, every op ends at a barrier
+    that stalls whenever another process holds a core (measured 100x slower on a busy
+    machine). Splitting the rows between single-threaded workers uses the cores without
+    barriers. Their initializer changes torch's default for threads made later, so the
+    caller's setting is given back once they exist.
     """
-    count = len(index)
-    k = min(k, count)
-    queries = query_embeds.float().cpu()
-    block = _block_rows(len(queries), count, memory_budget_mb)
-    convert = min(CONVERT_ROWS, count)
+    pool = _pools.get(workers)
+    if pool is None:
+        configured = torch.get_num_threads()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="leccr-scan", initializer=torch.set_num_threads, initargs=(1,))
+        started = threading.Barrier(workers)
+        for future in [pool.submit(started.wait) for _ in range(workers)]:
+            future.result()
+        torch.set_num_threads(configured)
+        _pools[workers] = pool
+    return pool
+
+
+def _scan(model, queries, index: Index, k: int, fusion, first_row: int, end_row: int, block: int):
+    """The best k (scores, rows) of rows first_row..end_row-1 for every query, in no particular order."""
+    convert = min(CONVERT_ROWS, end_row - first_row)
     global_buffer = torch.empty(convert, index.info.dim)
     slot_buffer = torch.empty(convert, index.info.slots, index.info.dim) if fusion is not None else None
-    scores = torch.empty(len(queries), block)
+    scores = torch.empty(len(queries), min(block, end_row - first_row))
     best_scores = torch.empty(len(queries), 0)
     best_rows = torch.empty(len(queries), 0, dtype=torch.long)
     with torch.inference_mode():
-        for start in range(0, count, block):
-            stop = min(start + block, count)
+        for start in range(first_row, end_row, block):
+            stop = min(start + block, end_row)
             for first in range(start, stop, convert):
                 last = min(first + convert, stop)
                 rows = global_buffer[: last - first]
@@ -108,11 +117,42 @@ def top_k(
             if best_scores.shape[1] > k:
                 best_scores, chosen = best_scores.topk(k, dim=1)
                 best_rows = best_rows.gather(1, chosen)
+    return best_scores, best_rows
+
+
+def top_k(
+    model: LeccrModel,
+    query_embeds: torch.Tensor,
+    index: Index,
+    k: int,
+    *,
+    fusion: float | None = None,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [Q, k], rows [Q, k]) of the best k rows of `index` for every query, best first.
+
+    Exact: every row is scored with `model.score` in float32. Rows are converted to float32
+    `CONVERT_ROWS` at a time (a copy that stays in the CPU cache), their scores gathered in
+    blocks that fit `memory_budget_mb`, and the best k of each block kept. The rows are split
+    between as many single-threaded workers as torch has threads (`_scan_pool`), at least
+    `ROWS_PER_WORKER` rows each. Equal scores keep the gallery order.
+    """
+    count = len(index)
+    k = min(k, count)
+    queries = query_embeds.float().cpu()
+    workers = max(1, min(torch.get_num_threads(), count // ROWS_PER_WORKER))
+    share = -(-count // workers)
+    share += -share % CONVERT_ROWS
+    ranges = [(start, min(start + share, count)) for start in range(0, count, share)]
+    block = _block_rows(len(queries), count, memory_budget_mb / len(ranges))
+    parts = list(_scan_pool(len(ranges)).map(lambda r: _scan(model, queries, index, k, fusion, r[0], r[1], block), ranges))
+    best_scores = torch.cat([scores for scores, _ in parts], dim=1)
+    best_rows = torch.cat([rows for _, rows in parts], dim=1)
     # best first; among equal scores, the earlier row first (topk's order of ties is arbitrary)
     order = best_rows.argsort(dim=1)
     best_scores, best_rows = best_scores.gather(1, order), best_rows.gather(1, order)
     order = best_scores.argsort(dim=1, descending=True, stable=True)
-    return best_scores.gather(1, order), best_rows.gather(1, order)
+    return best_scores.gather(1, order)[:, :k], best_rows.gather(1, order)[:, :k]
 
 
 class Searcher:
