@@ -313,3 +313,27 @@ def test_load_query_model_refuses_a_model_folder_that_does_not_fit(trained_run, 
     save_file(weights, str(run / "model" / "model.safetensors"))
     with pytest.raises(ModelError, match="does not fit config.json"):
         load_query_model(run / "model")
+
+
+def test_top_k_in_blocks_and_workers_equals_a_full_sort(test_index, monkeypatch):
+    import leccr_cli.search as search
+
+    searcher = Searcher.open(test_index)
+    queries = searcher.embed(["ein kleiner roter Kreis", "une étoile", "modrý čtverec"])
+    index = searcher.index
+    gallery = index.global_embeds.float()
+    from leccr_cli.model.leccr import ImageEmbeddings
+
+    full = searcher.model.score(queries, ImageEmbeddings(gallery, index.slot_embeds.float()), fusion=0.7)
+    expected = [sorted(range(len(index)), key=lambda r: (-row[r].item(), r))[:6] for row in full]
+    monkeypatch.setattr(search, "ROWS_PER_WORKER", 4)
+    monkeypatch.setattr(search, "CONVERT_ROWS", 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers (rows 0-8 and 9-14), each in blocks of 3 rows
+    try:
+        scores, rows = search.top_k(searcher.model, queries, index, 6, fusion=0.7, memory_budget_mb=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+    assert rows.tolist() == expected
+    wanted = [row[r].item() for row, chosen in zip(full, expected) for r in chosen]
+    assert scores.flatten().tolist() == pytest.approx(wanted, abs=1e-6)
