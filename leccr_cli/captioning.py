@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from leccr_cli.console import RateColumn, progress
 from leccr_cli.data.corpus import DESCRIPTION_COLUMNS, Corpus
+from leccr_cli.data.descriptions import check_description_name
 from leccr_cli.data.shards import ShardStore
 from leccr_cli.devices import process_state, resolve_dtype, select_device
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
@@ -289,15 +290,6 @@ class CaptionReport:
         return self.selected - self.already - self.described
 
 
-def check_source_name(source: str) -> str:
-    """A description source name is a plain folder name."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", source or ""):
-        raise LeccrError(
-            f"description source name {source!r} is not a plain folder name", "use letters, digits, '.', '_' and '-'"
-        )
-    return source
-
-
 def check_prompt(prompt: str) -> str:
     """Refuse an empty prompt, or one that already holds the image placeholder leccr adds."""
     if not prompt or not prompt.strip():
@@ -396,7 +388,7 @@ def caption_corpus(
     and path) or is listed in `report.failed` (`"skip"`). Runs under `torchrun`/`accelerate
     launch` split the work between processes.
     """
-    source = check_source_name(source)
+    source = check_description_name(source)
     for name, value in (("--batch-size", batch_size), ("--limit", limit), ("--frames", frames), ("shard size", shard_size)):
         if value is not None and value < 1:
             raise LeccrError(f"{name} {value}: must be at least 1")
