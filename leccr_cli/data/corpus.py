@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
+import pyarrow as pa
 from datasets import Dataset, Features, Value, load_from_disk
 from datasets.utils.logging import disable_progress_bar
 
@@ -103,10 +104,15 @@ def split_cap_id(cap_id: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def _save_dataset(columns: dict[str, list], folder: Path) -> None:
+def save_string_dataset(columns: dict[str, list[str]], folder: Path) -> None:
+    """Save columns of strings as an HF dataset (save_to_disk) in `folder`.
+
+    The Arrow table is built directly: `Dataset.from_dict` encodes value by value, about 3x slower
+    for the 100k+ caption rows of a real corpus.
+    """
     disable_progress_bar()
-    features = Features({name: Value("string") for name in columns})
-    Dataset.from_dict(columns, features=features).save_to_disk(str(folder))
+    schema = Features({name: Value("string") for name in columns}).arrow_schema
+    Dataset(pa.Table.from_pydict(columns, schema=schema)).save_to_disk(str(folder))
 
 
 def _load_columns(folder: Path, columns: tuple[str, ...], what: str) -> dict[str, list]:
@@ -125,7 +131,7 @@ def write_description_table(folder: Path, rows: list[dict]) -> None:
     """Write description rows (image_id, text, model, prompt) as an HF dataset, atomically replacing `folder`."""
     with atomic_directory(folder, overwrite=True) as temporary:
         shutil.rmtree(temporary)
-        _save_dataset({c: [str(r[c]) for r in rows] for c in DESCRIPTION_COLUMNS}, temporary)
+        save_string_dataset({c: [str(r[c]) for r in rows] for c in DESCRIPTION_COLUMNS}, temporary)
 
 
 def read_description_table(folder: Path) -> list[dict]:
@@ -232,12 +238,12 @@ def write_corpus(
     with atomic_directory(out, overwrite=overwrite) as folder:
         if fill is not None:
             fill(folder)
-        _save_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
-        _save_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
+        save_string_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
+        save_string_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
         if galleries:
-            _save_dataset({c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries")
+            save_string_dataset({c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries")
         for source, rows in (descriptions or {}).items():
-            _save_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
+            save_string_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
         meta = CorpusMeta(
             name=name,
             modality=modality,
@@ -485,7 +491,7 @@ class Corpus:
         _validate(self.images(), merged, self.modality, galleries)
         with atomic_directory(self.path / "captions", overwrite=True) as folder:
             shutil.rmtree(folder)
-            _save_dataset({c: [getattr(r, c) for r in merged] for c in CAPTION_COLUMNS}, folder)
+            save_string_dataset({c: [getattr(r, c) for r in merged] for c in CAPTION_COLUMNS}, folder)
         self._captions = merged
         self.meta.languages = sorted({c.lang for c in merged})
         self._write_meta()
