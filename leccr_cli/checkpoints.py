@@ -151,15 +151,16 @@ def damaged_file(folder: Path) -> tuple[str, str] | None:
 
 
 def checkpoint_error(folder: Path, problem: str) -> RunError:
-    """`--resume: <checkpoint>: <problem>`, with the older checkpoints of its run that remain."""
+    """`--resume: checkpoint <folder>: <problem>`, with the other checkpoints of its run that remain."""
     run_dir = folder.parent.parent if folder.parent.name == CHECKPOINTS_DIR else None
-    older = [p for p in checkpoint_dirs(run_dir) if p != folder] if run_dir is not None else []
-    older = [p for p in older if int(p.name[5:]) < int(folder.name[5:])] if folder.name[5:].isdigit() else older
-    if older:
-        others = ", ".join(p.name for p in reversed(older[:-1]))
-        hint = f"resume from the older checkpoint: --resume {older[-1]}" + (f" (also {others})" if others else "")
+    others = [p for p in checkpoint_dirs(run_dir) if p != folder] if run_dir is not None else []
+    if others:
+        also = ", ".join(p.name for p in reversed(others[:-1]))
+        step = int(folder.name[5:]) if folder.name.startswith("step_") and folder.name[5:].isdigit() else None
+        kind = "older" if step is not None and int(others[-1].name[5:]) < step else "other"
+        hint = f"resume from the {kind} checkpoint: --resume {others[-1]}" + (f" (also {also})" if also else "")
     else:
-        hint = "no older checkpoint remains: start the run again with --overwrite"
+        hint = "no other checkpoint remains: start the run again with --overwrite"
     return RunError(f"--resume: checkpoint {folder}: {problem}", hint)
 
 

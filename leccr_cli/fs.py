@@ -5,13 +5,14 @@ into place when complete, so an interrupted run never leaves a half-written file
 that looks finished. Temporary names are `.NAME.partial-<hex>`; a folder being replaced is
 moved aside as `.NAME.old-<hex>`.
 
-**Replacing a folder** takes two renames (the old folder aside, the new one in), so it is
-journaled: before the first rename a journal `.NAME.replace` names the new and the old
-folder, and the writer holds an `flock` on it until both renames are done. A kill at any
-instant therefore leaves the old content, the new content, or a journal from which
-`recover(NAME)` finishes the replacement (readers call it before reading; it waits for a
-live writer's renames, which take microseconds). `.NAME.old-*` folders are garbage as soon
-as they exist, and anyone may delete them.
+**Replacing** what exists takes two renames per target (the old version aside, the new one
+in), so it is journaled: before the first rename a journal `.NAME.replace` names every target
+with its new and old version (several targets of one folder can change together, e.g.
+`captions/` and `corpus.json`), and the writer holds an `flock` on the journal until its
+renames are done. A kill at any instant therefore leaves the old content, the new content, or
+a journal from which `recover` finishes the replacement (readers call it before reading; it
+waits for a live writer's renames, which take microseconds). `.NAME.old-*` leftovers are
+garbage as soon as they exist, and anyone may delete them.
 
 **Writer lock.** Commands that change a corpus or a run folder hold `writer_lock(folder)`:
 an exclusive `flock` on `folder/.leccr.lock`, which records the holder's pid, command line
