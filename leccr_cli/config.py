@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -294,6 +295,8 @@ class _Checker:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 self.fail(key, f"expected a number, got {value!r}")
             value = float(value)
+            if not math.isfinite(value):
+                self.fail(key, f"got {value!r}, expected a finite number")
         elif tp is str:
             if not isinstance(value, str):
                 self.fail(key, f"expected a string, got {value!r}")
@@ -395,6 +398,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def read_recipe_file(path: str | Path) -> dict:
     """Read a recipe YAML file into a raw mapping (no validation)."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder", "give the path of a YAML recipe file, e.g. recipes/demo.yaml")
     if not path.is_file():
         raise RecipeError(f"recipe {path}: no such file", "give the path of a YAML recipe, e.g. recipes/demo.yaml")
     try:

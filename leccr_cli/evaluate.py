@@ -187,12 +187,14 @@ def evaluate_languages(
     image_ids, gallery = encode_gallery(
         model, corpus, split, recipe, accelerator=accelerator, batch_size=batch_size, rebuild_from=rebuild_from
     )
+    _check_finite(model, "image", gallery.global_embeds, gallery.slot_embeds)
     column = {image_id: i for i, image_id in enumerate(image_ids)}
     results = {}
     for lang in langs:
         texts, owners = query_captions(corpus, split, lang, translate_test)
         text_embeds = encode_texts(model, texts, recipe, accelerator=accelerator, batch_size=batch_size)
         text_embeds = text_embeds.to(gallery.global_embeds.device)
+        _check_finite(model, "text", text_embeds)
 
         def score_rows(start: int, stop: int) -> torch.Tensor:
             with torch.inference_mode():
@@ -204,6 +206,17 @@ def evaluate_languages(
         )
         results[lang] = metrics_from_ranks(ranks)
     return results
+
+
+def _check_finite(model: LeccrModel, what: str, *embeddings) -> None:
+    """Refuse NaN or infinite embeddings: the model's weights are broken, not the scoring."""
+    if all(e is None or bool(torch.isfinite(e).all()) for e in embeddings):
+        return
+    where = f" ({model.source_folder})" if model.source_folder is not None else ""
+    raise ModelError(
+        f"the model{where} gives NaN or infinite {what} embeddings: its weights are not finite",
+        "its training diverged: train again with a lower optim.lr or with optim.max_grad_norm set",
+    )
 
 
 def eval_languages(corpus: Corpus, split: str, requested: Sequence[str], default: Sequence[str]) -> list[str]:

@@ -47,7 +47,10 @@ def evaluate_command(
     With --scores and --labels, score a saved similarity matrix instead (no model needed), so external systems can be compared on the same split. A tie with the ground truth counts as a miss.
     """
     from leccr_cli.errors import LeccrError
+    from leccr_cli.metrics import check_json_path
 
+    if json_path is not None:
+        check_json_path(json_path)  # before any work: a folder or an unwritable place is refused at once
     if scores is not None or labels is not None:
         used = [name for name, value in (("RUN", run), ("--lang", langs), ("--split", split), ("--fusion", fusion),
                                          ("--translate-test", translate_test or None), ("--corpus", corpus)) if value]
@@ -68,7 +71,7 @@ def _evaluate_run(run, langs, split, fusion, translate_test, corpus_path, batch_
     from leccr_cli.devices import select_device
     from leccr_cli.evaluate import eval_languages, evaluate_languages
     from leccr_cli.metrics import write_metrics_json
-    from leccr_cli.runs import latest_run, load_run, write_eval_json
+    from leccr_cli.runs import latest_run, load_run, other_corpus_label, write_eval_json
 
     run_dir = run if run is not None else latest_run()
     recipe, model = load_run(run_dir)
@@ -81,11 +84,18 @@ def _evaluate_run(run, langs, split, fusion, translate_test, corpus_path, batch_
     results = evaluate_languages(
         model, corpus, split, languages, recipe, fusion=fusion, translate_test=translate_test, batch_size=batch_size
     )
-    for lang, metrics in results.items():
-        write_eval_json(run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test)
+    label = other_corpus_label(recipe, corpus.name, corpus.path)
+    written = [
+        write_eval_json(
+            run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test, corpus=corpus.path.resolve(),
+            corpus_label=label,
+        )
+        for lang, metrics in results.items()
+    ]
     mode = "".join([f", fusion {fusion:g}" if fusion is not None else "", ", translate-test" if translate_test else ""])
-    _report(results, title=f"{run_dir}: {split}{mode}", row_header="lang")
-    console.print(f"[green]Wrote[/] {run_dir / 'eval'}/ ({', '.join(results)})")
+    on = f" on corpus {label} ({corpus.path})" if label is not None else ""
+    _report(results, title=f"{run_dir}: {split}{mode}{on}", row_header="lang")
+    console.print(f"[green]Wrote[/] {run_dir / 'eval'}/ ({', '.join(path.name for path in written)})")
     if json_path is not None:
         console.print(f"[green]Wrote[/] {write_metrics_json(results, json_path)}")
 
