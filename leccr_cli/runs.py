@@ -9,6 +9,7 @@ runs/<name>/
   train_log.jsonl             loss, lr, loss terms and seconds, every `train.log_every_steps` steps
   logs/                       tracker logs (TensorBoard) when `train.log_with` says so
   eval/<lang>-<split>.json    test metrics of the best model, and what `leccr evaluate` writes
+                              (-gallery-all, -fusion<A>, -translate-test for the other modes)
 ```
 """
 
@@ -228,19 +229,32 @@ def drop_records_after(path: Path, step: int, final_split: str) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def eval_json_name(lang: str, split: str, fusion: float | None = None, translate_test: bool = False) -> str:
-    """eval/<lang>-<split>.json, with -fusion<A> / -translate-test for the other scoring modes."""
+def eval_json_name(
+    lang: str, split: str, fusion: float | None = None, translate_test: bool = False, gallery: str = "language"
+) -> str:
+    """eval/<lang>-<split>.json, with -fusion<A> / -translate-test / -gallery-all for the other scoring modes."""
     name = f"{lang}-{split}"
     if fusion is not None:
         name += f"-fusion{fusion:g}"
     if translate_test:
         name += "-translate-test"
+    if gallery != "language":
+        name += f"-gallery-{gallery}"
     return f"{name}.json"
 
 
 def write_eval_json(
-    run_dir: Path, lang: str, split: str, metrics: dict, *, fusion: float | None = None, translate_test: bool = False
+    run_dir: Path,
+    lang: str,
+    split: str,
+    metrics: dict,
+    *,
+    fusion: float | None = None,
+    translate_test: bool = False,
+    gallery: str = "language",
 ) -> Path:
-    """Write the metrics (and how they were scored) to eval/<name> in a run folder (see `eval_json_name`)."""
-    record = {"lang": lang, "split": split, "fusion": fusion, "translate_test": translate_test, **metrics}
-    return write_metrics_json(record, Path(run_dir) / EVAL_DIR / eval_json_name(lang, split, fusion, translate_test))
+    """Write the metrics (and how they were scored: fusion, translate-test, gallery mode and size) to
+    eval/<name> in a run folder (see `eval_json_name`)."""
+    record = {"lang": lang, "split": split, "fusion": fusion, "translate_test": translate_test, "gallery": gallery, **metrics}
+    name = eval_json_name(lang, split, fusion, translate_test, gallery)
+    return write_metrics_json(record, Path(run_dir) / EVAL_DIR / name)

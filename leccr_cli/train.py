@@ -25,7 +25,7 @@ from leccr_cli.config import Recipe, recipe_to_dict
 from leccr_cli.console import console, err_console, progress
 from leccr_cli.data.corpus import Corpus
 from leccr_cli.errors import LeccrError
-from leccr_cli.evaluate import evaluate_languages
+from leccr_cli.evaluate import check_eval_languages, evaluate_languages
 from leccr_cli.metrics import metrics_table
 from leccr_cli.model.factory import load_model
 from leccr_cli.pipeline import (
@@ -142,6 +142,7 @@ class _Loop:
             accelerator=self.accelerator,
             fusion=self.recipe.eval.fusion,
             rebuild_from=self.rebuild_from,
+            gallery=self.recipe.eval.gallery,
         )
 
     def validate(self, model) -> None:
@@ -247,7 +248,9 @@ class _Loop:
             where = {"step": self.state.best_step, "split": split}
             append_records(self.run_dir / METRICS_FILE, ({**where, "lang": lang, **m} for lang, m in results.items()))
             for lang, metrics in results.items():
-                write_eval_json(self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion)
+                write_eval_json(
+                    self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion, gallery=self.recipe.eval.gallery
+                )
             title = f"{self.run_dir.name}: best model (step {self.state.best_step}) on {split}"
             console.print(metrics_table(results, title=title))
         return results
@@ -280,6 +283,8 @@ def train(
     corpus = ensure_corpus(recipe, accelerator)
     model = build_model_for(recipe, corpus)
     data = training_data(recipe, corpus, model, rebuild_from=rebuild_from)
+    for split in (recipe.data.val_split, recipe.data.test_split):
+        check_eval_languages(corpus, split, recipe.eval.langs or recipe.data.target_langs)
     check_gallery_caches(recipe, corpus, model, rebuild_from=rebuild_from)
 
     # -- the run folder (decided above, so every process agrees before the main one creates it)
