@@ -151,6 +151,10 @@ def test_cross_attention_layer_with_the_reference_settings():
     default = CrossAttentionLayer(d, 8)
     assert sum(p.numel() for p in default.parameters()) == 12 * d * d + 11 * d
     assert not any(isinstance(m, torch.nn.Dropout) for m in default.modules())
+    # the weights keep the names of models saved before these settings existed, which still load
+    names = {"attention.in_proj_weight", "attention.in_proj_bias", "attention.out_proj.weight", "attention.out_proj.bias",
+             "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "norm.weight", "norm.bias"}
+    assert set(default.state_dict()) == set(layer.state_dict()) == names
 
     small = CrossAttentionLayer(16, 4, mlp_ratio=1, dropout=0.1).eval()
     query, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)

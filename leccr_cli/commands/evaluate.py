@@ -73,19 +73,16 @@ def _evaluate_run(
 ) -> None:
     import dataclasses
 
-    from leccr_cli.errors import EvaluationError
-    from leccr_cli.evaluate import GALLERY_MODES
-
-    if gallery is not None and gallery not in GALLERY_MODES:
-        raise EvaluationError(f"--gallery {gallery}: expected one of {', '.join(GALLERY_MODES)}")
-
     from leccr_cli.console import console
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.devices import select_device
-    from leccr_cli.evaluate import eval_languages, evaluate_languages
+    from leccr_cli.errors import EvaluationError
+    from leccr_cli.evaluate import GALLERY_MODES, eval_languages, evaluate_languages
     from leccr_cli.metrics import write_metrics_json
     from leccr_cli.runs import latest_run, load_run, write_eval_json
 
+    if gallery is not None and gallery not in GALLERY_MODES:
+        raise EvaluationError(f"--gallery {gallery}: expected one of {', '.join(GALLERY_MODES)}")
     run_dir = run if run is not None else latest_run()
     recipe, model = load_run(run_dir)
     if memory_budget is not None:
