@@ -9,6 +9,7 @@ runs/<name>/
   train_log.jsonl             loss, lr, loss terms and seconds, every `train.log_every_steps` steps
   logs/                       tracker logs (TensorBoard) when `train.log_with` says so
   eval/<lang>-<split>.json    test metrics of the best model, and what `leccr evaluate` writes
+                              (-gallery-all, -fusion<A>, -translate-test for the other modes)
 ```
 """
 
@@ -265,15 +266,22 @@ def drop_records_after(path: Path, step: int, final_split: str) -> None:
 
 
 def eval_json_name(
-    lang: str, split: str, fusion: float | None = None, translate_test: bool = False, corpus: str | None = None
+    lang: str,
+    split: str,
+    fusion: float | None = None,
+    translate_test: bool = False,
+    gallery: str = "language",
+    corpus: str | None = None,
 ) -> str:
-    """eval/<lang>-<split>.json, with -fusion<A> / -translate-test for the other scoring modes and
-    -on-<corpus> when the queries and gallery come from another corpus than the run's."""
+    """eval/<lang>-<split>.json, with -fusion<A> / -translate-test / -gallery-all for the other scoring modes
+    and -on-<corpus> when the queries and gallery come from another corpus than the run's."""
     name = f"{lang}-{split}"
     if fusion is not None:
         name += f"-fusion{fusion:g}"
     if translate_test:
         name += "-translate-test"
+    if gallery != "language":
+        name += f"-gallery-{gallery}"
     if corpus is not None:
         name += f"-on-{re.sub(r'[^A-Za-z0-9._-]+', '_', corpus).strip('_') or 'corpus'}"
     return f"{name}.json"
@@ -308,10 +316,12 @@ def write_eval_json(
     *,
     fusion: float | None = None,
     translate_test: bool = False,
+    gallery: str = "language",
     corpus: Path | None = None,
     corpus_label: str | None = None,
 ) -> Path:
-    """Write the metrics (and how they were scored) to eval/<name> in a run folder (see `eval_json_name`).
+    """Write the metrics (and how they were scored: fusion, translate-test, gallery mode and size) to
+    eval/<name> in a run folder (see `eval_json_name`).
 
     `corpus` (the corpus folder evaluated) is recorded; `corpus_label` names another corpus than
     the run's in the file name, so the run's own results are never overwritten by it.
@@ -321,8 +331,9 @@ def write_eval_json(
         "split": split,
         "fusion": fusion,
         "translate_test": translate_test,
+        "gallery": gallery,
         "corpus": None if corpus is None else str(corpus),
         **metrics,
     }
-    name = eval_json_name(lang, split, fusion, translate_test, corpus_label)
+    name = eval_json_name(lang, split, fusion, translate_test, gallery=gallery, corpus=corpus_label)
     return write_metrics_json(record, Path(run_dir) / EVAL_DIR / name)

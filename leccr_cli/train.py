@@ -38,7 +38,7 @@ from leccr_cli.config import Recipe, recipe_to_dict
 from leccr_cli.console import console, err_console, progress
 from leccr_cli.data.corpus import Corpus
 from leccr_cli.errors import LeccrError, RunError
-from leccr_cli.evaluate import evaluate_languages
+from leccr_cli.evaluate import check_eval_languages, evaluate_languages
 from leccr_cli.fs import free_space, is_disk_full, is_empty_folder, writer_lock
 from leccr_cli.metrics import metrics_table
 from leccr_cli.model.factory import load_model
@@ -153,6 +153,7 @@ class _Loop:
             accelerator=self.accelerator,
             fusion=self.recipe.eval.fusion,
             rebuild_from=self.rebuild_from,
+            gallery=self.recipe.eval.gallery,
         )
 
     def validate(self, model) -> None:
@@ -307,7 +308,10 @@ class _Loop:
             where = {"step": self.state.best_step, "split": split}
             append_records(self.run_dir / METRICS_FILE, ({**where, "lang": lang, **m} for lang, m in results.items()))
             for lang, metrics in results.items():
-                write_eval_json(self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion, corpus=self.corpus.path)
+                write_eval_json(
+                    self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion, gallery=self.recipe.eval.gallery,
+                    corpus=self.corpus.path,
+                )
             title = f"{self.run_dir.name}: best model (step {self.state.best_step}) on {split}"
             console.print(metrics_table(results, title=title))
         return results
@@ -413,6 +417,8 @@ def _train_locked(
     corpus = ensure_corpus(recipe, accelerator)
     model = build_model_for(recipe, corpus)
     data = training_data(recipe, corpus, model, rebuild_from=rebuild_from)
+    for split in (recipe.data.val_split, recipe.data.test_split):
+        check_eval_languages(corpus, split, recipe.eval.langs or recipe.data.target_langs)
     check_gallery_caches(recipe, corpus, model, rebuild_from=rebuild_from)
 
     # -- the run folder (decided above, so every process agrees before the main one creates it)
