@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
+import pyarrow as pa
 from datasets import Dataset, Features, Value, load_from_disk
 from datasets.utils.logging import disable_progress_bar
 
 from leccr_cli.errors import CorpusError, LeccrError
-from leccr_cli.fs import atomic_directory, atomic_write_text
+from leccr_cli.fs import atomic_directory, atomic_replacement, is_empty_folder, recover, recover_folder, writer_lock
 from leccr_cli.languages import ISO_639_1, check_language
 
 CORPUS_VERSION = 1
@@ -42,6 +43,7 @@ ORIGINS = ("human", "mt", "back")
 CAPTION_COLUMNS = ("cap_id", "image_id", "split", "lang", "origin", "text", "source", "model")
 IMAGE_COLUMNS = ("image_id", "split", "path")
 DESCRIPTION_COLUMNS = ("image_id", "text", "model", "prompt")
+DESCRIPTION_SETTINGS_FILE = "leccr_settings.json"  # how a description dataset was generated, beside its table
 GALLERY_COLUMNS = ("image_id", "split", "lang")
 
 
@@ -108,31 +110,55 @@ def split_cap_id(cap_id: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def _save_dataset(columns: dict[str, list], folder: Path) -> None:
+def save_string_dataset(columns: dict[str, list[str]], folder: Path) -> None:
+    """Save columns of strings as an HF dataset (save_to_disk) in `folder`.
+
+    The Arrow table is built directly: `Dataset.from_dict` encodes value by value, about 3x slower
+    for the 100k+ caption rows of a real corpus.
+    """
     disable_progress_bar()
-    features = Features({name: Value("string") for name in columns})
+    schema = Features({name: Value("string") for name in columns}).arrow_schema
     empty = not any(columns.values())
     # an empty table needs one explicit shard, or it cannot be read back (a corpus of images without captions)
-    Dataset.from_dict(columns, features=features).save_to_disk(str(folder), num_shards=1 if empty else None)
+    Dataset(pa.Table.from_pydict(columns, schema=schema)).save_to_disk(str(folder), num_shards=1 if empty else None)
 
 
 def _load_columns(folder: Path, columns: tuple[str, ...], what: str) -> dict[str, list]:
     disable_progress_bar()
     try:
         table = load_from_disk(str(folder)).data.table
-    except (FileNotFoundError, OSError, ValueError) as error:
-        raise CorpusError(f"{folder}: cannot read {what} ({error})", "rebuild the corpus or the artifact") from None
+    except (FileNotFoundError, OSError, ValueError):
+        # a writer may have been replacing the folder (or died doing it): finish that, read again
+        recover(folder)
+        try:
+            table = load_from_disk(str(folder)).data.table
+        except (FileNotFoundError, OSError, ValueError) as error:
+            raise CorpusError(f"{folder}: cannot read {what} ({error})", "rebuild the corpus or the artifact") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise CorpusError(f"{folder}: {what} lack the columns {', '.join(missing)}", "rebuild the artifact")
     return {c: table.column(c).to_pylist() for c in columns}
 
 
-def write_description_table(folder: Path, rows: list[dict]) -> None:
-    """Write description rows (image_id, text, model, prompt) as an HF dataset, atomically replacing `folder`."""
+def write_description_table(folder: Path, rows: list[dict], settings: dict | None = None) -> None:
+    """Write description rows (image_id, text, model, prompt) as an HF dataset, atomically replacing `folder`.
+
+    `settings` (how the rows were generated, e.g. max_new_tokens) is stored beside the table.
+    """
     with atomic_directory(folder, overwrite=True) as temporary:
         shutil.rmtree(temporary)
-        _save_dataset({c: [str(r[c]) for r in rows] for c in DESCRIPTION_COLUMNS}, temporary)
+        save_string_dataset({c: [str(r[c]) for r in rows] for c in DESCRIPTION_COLUMNS}, temporary)
+        if settings is not None:
+            (temporary / DESCRIPTION_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def read_description_settings(folder: Path) -> dict | None:
+    """The generation settings stored with a description dataset (None when it has none)."""
+    try:
+        settings = json.loads((folder / DESCRIPTION_SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) else None
 
 
 def read_description_table(folder: Path) -> list[dict]:
@@ -236,23 +262,34 @@ def write_corpus(
         position = {(r.image_id, r.split): i for i, r in enumerate(images)}
         galleries.sort(key=lambda r: (r.split, r.lang, position[r.image_id, r.split]))
     out = Path(out)
-    with atomic_directory(out, overwrite=overwrite) as folder:
-        if fill is not None:
-            fill(folder)
-        _save_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
-        _save_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
-        if galleries:
-            _save_dataset({c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries")
-        for source, rows in (descriptions or {}).items():
-            _save_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
-        meta = CorpusMeta(
-            name=name,
-            modality=modality,
-            languages=sorted({c.lang for c in captions}),
-            splits=_ordered_splits({r.split for r in images}),
-            media_root=media_root,
-        )
-        (folder / "corpus.json").write_text(meta.to_json(), encoding="utf-8")
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"{out} exists and is not a folder", "choose another output path")
+    if out.is_dir() and not is_empty_folder(out) and not overwrite:
+        raise CorpusError(f"{out} exists and is not empty", "pass --overwrite to replace it, or choose another path")
+    created = not out.exists()
+    try:
+        with writer_lock(out):  # also drops what killed writes of this corpus left beside it
+            with atomic_directory(out, overwrite=overwrite) as folder:
+                if fill is not None:
+                    fill(folder)
+                save_string_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
+                save_string_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
+                if galleries:
+                    save_string_dataset({c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries")
+                for source, rows in (descriptions or {}).items():
+                    save_string_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
+                meta = CorpusMeta(
+                    name=name,
+                    modality=modality,
+                    languages=sorted({c.lang for c in captions}),
+                    splits=_ordered_splits({r.split for r in images}),
+                    media_root=media_root,
+                )
+                (folder / "corpus.json").write_text(meta.to_json(), encoding="utf-8")
+    except BaseException:
+        if created and out.is_dir() and is_empty_folder(out):
+            shutil.rmtree(out, ignore_errors=True)  # nothing written: leave no folder behind
+        raise
     return Corpus.open(out)
 
 
@@ -328,6 +365,9 @@ class Corpus:
     def open(cls, path: str | Path) -> "Corpus":
         """Open CORPUS/; raise `CorpusError` if it is missing or corpus.json is unreadable."""
         path = Path(path)
+        recover(path)  # finish a replacement of the whole corpus or of its parts cut short by a kill
+        recover_folder(path)
+        recover_folder(path / "descriptions")
         if not path.is_dir():
             raise CorpusError(
                 f"corpus {path}: no such folder", "build one with `leccr data synth` or `leccr data import-multi30k`"
@@ -409,19 +449,23 @@ class Corpus:
         Refused when media files live in images/ beside the table (the synthetic corpus): the
         table is rewritten by replacing that folder.
         """
+        new = [ImageRow(*row) for row in rows]
         folder = self.path / "images"
-        media = [p.name for p in folder.iterdir() if not _is_table_file(p.name)]
-        if media:
-            raise CorpusError(f"corpus {self.path} keeps media files in images/ (e.g. {media[0]}); images cannot be added to it")
-        merged = self.images() + [ImageRow(*row) for row in rows]
-        galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
-        _validate(merged, self.captions(), self.modality, galleries)
-        with atomic_directory(folder, overwrite=True) as temporary:
-            shutil.rmtree(temporary)
-            _save_dataset({c: [getattr(r, c) for r in merged] for c in IMAGE_COLUMNS}, temporary)
+        with self.writing():
+            media = [p.name for p in folder.iterdir() if not _is_table_file(p.name)]
+            if media:
+                raise CorpusError(f"corpus {self.path} keeps media files in images/ (e.g. {media[0]}); images cannot be added to it")
+            self._images = None  # merge with what is on disk now
+            merged = self.images() + new
+            galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
+            _validate(merged, self.captions(), self.modality, galleries)
+            meta = CorpusMeta(**{**self.meta.__dict__, "splits": _ordered_splits({r.split for r in merged})})
+            # the image table and the split list of corpus.json change together, also across a kill
+            with atomic_replacement(folder, self.path / "corpus.json") as (table, meta_file):
+                save_string_dataset({c: [getattr(r, c) for r in merged] for c in IMAGE_COLUMNS}, table)
+                meta_file.write_text(meta.to_json(), encoding="utf-8")
         self._images = merged
-        self.meta.splits = _ordered_splits({r.split for r in merged})
-        self._write_meta()
+        self.meta = meta
 
     def image_ids(self, split: str) -> list[str]:
         """Image ids of a split in gallery order."""
@@ -495,30 +539,34 @@ class Corpus:
         """Counter of (split, lang, origin) -> number of captions."""
         return Counter((c.split, c.lang, c.origin) for c in self.captions())
 
+    def writing(self):
+        """The corpus's writer lock (`leccr_cli.fs.writer_lock`): one writing command at a time."""
+        return writer_lock(self.path)
+
     def add_captions(self, rows: Iterable[Caption], replace: bool = False, remove: Iterable[str] = ()) -> None:
         """Append caption rows (or replace rows with the same cap id when `replace`) atomically.
 
         Rows whose cap id is in `remove` are dropped in the same rewrite.
         """
         new = [Caption(*r) for r in rows]
-        existing = self.captions()
-        dropped = set(remove)
-        if replace:
-            dropped |= {c.cap_id for c in new}
-        if dropped:
-            existing = [c for c in existing if c.cap_id not in dropped]
-        merged = existing + new
-        galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
-        _validate(self.images(), merged, self.modality, galleries)
-        with atomic_directory(self.path / "captions", overwrite=True) as folder:
-            shutil.rmtree(folder)
-            _save_dataset({c: [getattr(r, c) for r in merged] for c in CAPTION_COLUMNS}, folder)
+        with self.writing():
+            self._captions = None  # merge with what is on disk now
+            existing = self.captions()
+            dropped = set(remove)
+            if replace:
+                dropped |= {c.cap_id for c in new}
+            if dropped:
+                existing = [c for c in existing if c.cap_id not in dropped]
+            merged = existing + new
+            galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
+            _validate(self.images(), merged, self.modality, galleries)
+            meta = CorpusMeta(**{**self.meta.__dict__, "languages": sorted({c.lang for c in merged})})
+            # the captions and the language list of corpus.json change together, also across a kill
+            with atomic_replacement(self.path / "captions", self.path / "corpus.json") as (table, meta_file):
+                save_string_dataset({c: [getattr(r, c) for r in merged] for c in CAPTION_COLUMNS}, table)
+                meta_file.write_text(meta.to_json(), encoding="utf-8")
         self._captions = merged
-        self.meta.languages = sorted({c.lang for c in merged})
-        self._write_meta()
-
-    def _write_meta(self) -> None:
-        atomic_write_text(self.path / "corpus.json", self.meta.to_json())
+        self.meta = meta
 
     # -- descriptions
     def description_sources(self) -> list[str]:
@@ -543,10 +591,15 @@ class Corpus:
         """image_id -> description text."""
         return {row["image_id"]: row["text"] for row in self.description_rows(source)}
 
-    def write_descriptions(self, source: str, rows: list[dict]) -> None:
-        """Replace descriptions/<source>/ atomically."""
-        (self.path / "descriptions").mkdir(exist_ok=True)
-        write_description_table(self.path / "descriptions" / source, rows)
+    def write_descriptions(self, source: str, rows: list[dict], settings: dict | None = None) -> None:
+        """Replace descriptions/<source>/ atomically (`settings`: how they were generated, kept beside them)."""
+        with self.writing():
+            (self.path / "descriptions").mkdir(exist_ok=True)
+            write_description_table(self.path / "descriptions" / source, rows, settings)
+
+    def description_settings(self, source: str) -> dict | None:
+        """The generation settings stored with descriptions/<source>/ (None when it has none)."""
+        return read_description_settings(self.path / "descriptions" / source)
 
     # -- caches
     def slot_caches(self) -> list[tuple[str, str]]:

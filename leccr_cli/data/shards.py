@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, Features, Value, load_from_disk
+from datasets import load_from_disk
 from datasets.utils.logging import disable_progress_bar
 
+from leccr_cli.data.corpus import save_string_dataset
 from leccr_cli.errors import LeccrError
 from leccr_cli.fs import atomic_directory, atomic_write_text
 
@@ -83,12 +84,10 @@ class ShardStore:
 
     def write(self, name: str, rows: list[dict[str, str]]) -> None:
         """Write one shard `shard-<name>` atomically."""
-        disable_progress_bar()
-        features = Features({column: Value("string") for column in self.columns})
         table = {column: [str(row[column]) for row in rows] for column in self.columns}
         with atomic_directory(self.folder / f"shard-{name}") as folder:
             shutil.rmtree(folder)
-            Dataset.from_dict(table, features=features).save_to_disk(str(folder))
+            save_string_dataset(table, folder)
 
     def rows(self) -> list[dict[str, str]]:
         """Every row of the finished shards, in shard-name order."""
