@@ -6,8 +6,9 @@ Three tabs:
   score and description of every hit; for the selected hit, which words of its description
   each semantic slot attends to most (the slots made visible).
 - **Test queries**: a human caption of the run's test split in one language; its top-k images
-  of the test gallery, the ground-truth image marked, and its rank (counted as `leccr
-  evaluate` counts it: ties against the ground truth).
+  of that language's test gallery (the images `leccr evaluate` ranks it against), the
+  ground-truth image marked, and its rank (counted as `leccr evaluate` counts it: ties
+  against the ground truth).
 - **Run**: the evaluation table per language, validation SumR per language over steps and
   the loss terms over steps (`eval/`, `metrics.jsonl`, `train_log.jsonl`).
 
@@ -32,7 +33,7 @@ import torch
 from leccr_cli.data.corpus import Corpus
 from leccr_cli.devices import select_device
 from leccr_cli.errors import LeccrError
-from leccr_cli.evaluate import encode_gallery, query_captions
+from leccr_cli.evaluate import encode_gallery, language_galleries, query_captions
 from leccr_cli.index import Index, IndexInfo, ModelIdentity
 from leccr_cli.metrics import DEFAULT_KS
 from leccr_cli.model.leccr import uses_slot_embeddings
@@ -71,6 +72,7 @@ class RunApp:
                 )
             self.searcher = Searcher(opened, self.recipe, self.model)
         self._test: Searcher | None = None
+        self._test_galleries: dict[str, Searcher] = {}
         self._corpus: Corpus | None = None
 
     # ------------------------------------------------------------------ search
@@ -233,8 +235,20 @@ class RunApp:
             None if embeds.slot_mask is None else embeds.slot_mask.cpu(),
         )  # fmt: skip
 
+    def test_gallery(self, lang: str) -> Searcher:
+        """The test gallery `lang`'s captions are ranked against, as `leccr evaluate` ranks them (`eval.gallery`)."""
+        if lang not in self._test_galleries:
+            whole = self.test_searcher()
+            own = language_galleries(self.corpus, self.test_split, [lang], self.recipe.eval.gallery)[lang]
+            if own == whole.index.image_ids:
+                self._test_galleries[lang] = whole
+            else:
+                row = {image_id: i for i, image_id in enumerate(whole.index.image_ids)}
+                self._test_galleries[lang] = Searcher(whole.index.select([row[i] for i in own]), self.recipe, self.model)
+        return self._test_galleries[lang]
+
     def test_query(self, lang: str, position: int, k: int = DEFAULT_K) -> tuple[list[Hit], str, int]:
-        """The top-k hits of the test caption at `position` of `lang`, its image id and that image's rank.
+        """The top-k hits of the test caption at `position` of `lang` in its test gallery, its image id and that image's rank.
 
         The rank counts as `leccr evaluate` does: 1 + the images scoring at least as high as the ground truth.
         """
@@ -242,7 +256,7 @@ class RunApp:
         if not 0 <= position < len(captions):
             raise LeccrError(f"caption {position} of {lang}: there are {len(captions)}")
         text, owner = captions[position]
-        searcher = self.test_searcher()
+        searcher = self.test_gallery(lang)
         embeds = searcher.embed([text])
         scores, rows = top_k(self.model, embeds, searcher.index, len(searcher.index))
         scores, rows = scores[0], rows[0]
@@ -375,7 +389,10 @@ def _test_tab(app: RunApp) -> None:
     def choices(lang):
         return [(f"{text}  [{owner}]", i) for i, (text, owner) in enumerate(app.test_captions(lang))]
 
-    gr.Markdown(f"Human captions of the test split `{app.test_split}` of `{app.corpus.path}`, ranked against its whole gallery.")
+    gr.Markdown(
+        f"Human captions of the test split `{app.test_split}` of `{app.corpus.path}`, each ranked against its language's "
+        "test gallery, as `leccr evaluate` ranks it."
+    )
     with gr.Row():
         lang = gr.Dropdown(langs, value=first, label="Language", scale=1)
         caption = gr.Dropdown(choices(first), value=0, label="Test caption", scale=4)
@@ -390,10 +407,10 @@ def _test_tab(app: RunApp) -> None:
         except LeccrError as error:
             raise _error(error) from None
         items = app.gallery(hits, marked=owner)
-        total = len(app.test_searcher().index)
+        gallery_index = app.test_gallery(language).index
+        total = len(gallery_index)
         if rank > len(hits):
-            truth = app.test_searcher().index.image_ids.index(owner)
-            items.append((app.test_searcher().index.paths[truth], f"✔ #{rank}  {owner}"))
+            items.append((gallery_index.paths[gallery_index.image_ids.index(owner)], f"✔ #{rank}  {owner}"))
         found = "a hit at rank 1" if rank == 1 else f"rank {rank}"
         return items, f"Ground truth **{owner}**: {found} of {total} (R@1 {'yes' if rank <= 1 else 'no'}, R@5 {'yes' if rank <= 5 else 'no'}, R@10 {'yes' if rank <= 10 else 'no'})"
 

@@ -11,12 +11,13 @@ INDEX/
 ```
 
 The gallery is embedded by `evaluate.gallery_batches`, the code `leccr evaluate` runs, so an
-index holds what evaluation scores against. Building is resumable: every batch is written to
-a hidden parts folder beside INDEX (`.INDEX.parts/`) as it comes; a rerun embeds only what is
-missing (images new in the corpus, or whose description changed) and reuses the rest, and
-INDEX is replaced in one rename when complete, so it never looks finished half-written. The
-rows of an index are the split's images in gallery order, so an index updated after images
-were added equals one built from scratch.
+index holds what evaluation scores against. Building holds the index folder's writer lock
+(`fs.writer_lock`, `INDEX/.leccr.lock`) and is resumable: every batch is written to a hidden
+parts folder (`INDEX/.parts/`) as it comes; a rerun embeds only what is missing (images new
+in the corpus, or whose description changed) and reuses the rest. The finished index is
+written into a temporary folder that replaces INDEX (`fs.atomic_directory`, journaled), so
+INDEX never looks finished half-written. The rows of an index are the split's images in
+gallery order, so an index updated after images were added equals one built from scratch.
 """
 
 from __future__ import annotations
@@ -44,7 +45,16 @@ from leccr_cli.data.slot_cache import STORAGE_CODES, StreamingSafetensors, tenso
 from leccr_cli.devices import TORCH_DTYPES, parse_dtype, select_device
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
 from leccr_cli.evaluate import gallery_batches
-from leccr_cli.fs import atomic_directory, atomic_file, atomic_write_text
+from leccr_cli.fs import (
+    LOCK_FILE,
+    atomic_directory,
+    atomic_file,
+    atomic_write_text,
+    disk_full_reported,
+    is_empty_folder,
+    recover,
+    writer_lock,
+)
 from leccr_cli.model.leccr import LeccrModel, uses_slot_embeddings
 from leccr_cli.runs import MODEL_DIR, load_run
 
@@ -54,6 +64,7 @@ INDEX_FILE = "index.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
 ITEMS_DIR = "items"
 ITEM_COLUMNS = ("image_id", "path", "description")
+PARTS_DIR = ".parts"  # INDEX/.parts/: the finished batches of an unfinished build
 DEFAULT_INDEX_DTYPE = "fp16"
 DEFAULT_SPLIT = "gallery"
 WEIGHTS_FILE = "model.safetensors"
@@ -218,6 +229,7 @@ class Index:
     def open(cls, folder: str | Path) -> "Index":
         """Open INDEX/; a folder that is not a finished index (or is damaged) is refused with one line."""
         folder = Path(folder)
+        recover(folder)  # finish a replacement of the folder cut short by a kill
         if not (folder / INDEX_FILE).is_file():
             parts = _parts_folder(folder)
             if parts.is_dir():
@@ -272,6 +284,17 @@ class Index:
     def __len__(self) -> int:
         return self.info.count
 
+    def select(self, rows: list[int]) -> "Index":
+        """An in-memory index of some of the rows, in the order given (e.g. one language's gallery)."""
+        picked = torch.tensor(rows, dtype=torch.long)
+
+        def take(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[picked]
+
+        info = replace(self.info, count=len(rows))
+        items = self.items.take(pa.array(rows, type=pa.int64()))
+        return Index(self.folder, info, items, take(self.global_embeds), take(self.slot_embeds), take(self.slot_mask))
+
     def rebuild_command(self) -> str:
         return self.info.rebuild_command(self.folder)
 
@@ -307,8 +330,8 @@ def _read_items(folder: Path, rebuild: str) -> pa.Table:
 
 
 def _parts_folder(out: Path) -> Path:
-    """Where the finished batches of an unfinished build wait: `.INDEX.parts/` beside INDEX."""
-    return out.parent / f".{out.name}.parts"
+    """Where the finished batches of an unfinished build wait: `INDEX/.parts/`."""
+    return out / PARTS_DIR
 
 
 @dataclass
@@ -495,7 +518,7 @@ def _existing_index(out: Path, overwrite: bool) -> Index | None:
         return None
     if not out.is_dir():
         raise IndexFolderError(f"--out {out} exists and is not a folder", "choose another --out")
-    if not any(out.iterdir()) or overwrite:
+    if overwrite or not any(entry.name not in (LOCK_FILE, PARTS_DIR) for entry in out.iterdir()):
         return None
     if not (out / INDEX_FILE).is_file():
         raise IndexFolderError(f"--out {out} is not empty and not an index", "choose another --out, or pass --overwrite to replace it")
@@ -555,11 +578,27 @@ def build_index(
         dtype=storage,
     )
 
+    _existing_index(out, overwrite)  # refuse a folder that is not an index before anything is written there
+    created = not out.exists()
+    try:
+        with writer_lock(out):
+            kept_where = f"finished batches are kept in {_parts_folder(out)}; rerun the same command once there is room"
+            with disk_full_reported(out, kept_where):
+                return _build(model, recipe, corpus, split, plan, info, out, overwrite, batch_size, device, on_batch)
+    except BaseException:
+        if created and out.is_dir() and is_empty_folder(out):
+            shutil.rmtree(out, ignore_errors=True)  # nothing written: leave no folder behind
+        raise
+
+
+def _build(model, recipe, corpus, split, plan: _Plan, info: IndexInfo, out: Path, overwrite, batch_size, device, on_batch) -> IndexReport:
+    """`build_index` under the index folder's writer lock."""
+    image_ids, texts, storage = plan.image_ids, plan.descriptions, info.dtype
     existing = _existing_index(out, overwrite)
     if existing is not None:
         _check_same_settings(existing, info, out)
     settings = {key: value for key, value in json.loads(info.to_json()).items() if key != "count"}
-    settings["model"] = {"run": identity.run, "weights": identity.weights}
+    settings["model"] = {"run": info.model.run, "weights": info.model.weights}
     parts = _Parts(_parts_folder(out), settings)
     parts.start(overwrite)
 
@@ -590,11 +629,11 @@ def build_index(
     if existing is not None and reused == len(image_ids) and (existing.image_ids, existing.paths) == (image_ids, plan.paths):
         shutil.rmtree(parts.folder, ignore_errors=True)
         return IndexReport(out, len(image_ids), 0, 0, reused, 0, storage, "up to date")
+    # the new folder replaces INDEX (its parts with it) in one journaled step
     with atomic_directory(out, overwrite=True) as temporary:
         _write_embeddings(temporary / EMBEDDINGS_FILE, plan, info.dim, storage, rows, existing)
         _write_items(temporary / ITEMS_DIR, plan)
         (temporary / INDEX_FILE).write_text(info.to_json(), encoding="utf-8")
-    shutil.rmtree(parts.folder, ignore_errors=True)
     status = "built" if existing is None else "updated"
     return IndexReport(out, len(image_ids), embedded, resumed, reused, dropped, storage, status)
 

@@ -67,6 +67,30 @@ def test_the_slot_view_shows_each_slot_over_the_description_words(run_app):
     assert "slot 1" in view and "slot 2" in view and "most attended words" in view
 
 
+def test_slot_attention_is_the_last_slot_layer_s_attention_over_the_description(trained_run):
+    import torch
+
+    _, model = load_run(trained_run)
+    model.eval()
+    encoded = model.tokenizer(
+        ["a small red circle in the top left corner", "a star"], padding=True, return_tensors="pt"
+    )  # fmt: skip
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    with torch.inference_mode():
+        weights = model.slot_attention(ids, mask)
+        # by hand: the slot queries through every layer but the last, then the last layer's attention weights
+        memory = model.description_projection(model.encode_descriptions(ids, mask)[0])
+        query = model.slot_queries.unsqueeze(0).expand(2, -1, -1)
+        layers = model.slot_generator.layers
+        for layer in layers[:-1]:
+            query = layer(query, memory, mask.bool())
+        _, expected = layers[-1].attention(query, memory, memory, key_padding_mask=~mask.bool(), need_weights=True)
+    assert weights.shape == (2, model.config.num_slots, ids.shape[1])
+    assert torch.allclose(weights, expected, atol=1e-6)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, model.config.num_slots), atol=1e-5)
+    assert (weights[1][:, ~mask[1].bool()] == 0).all()  # padding gets nothing
+
+
 @needs_gradio
 def test_test_queries_mark_the_ground_truth_at_evaluate_rank(run_app, trained_run, synthetic_corpus):
     recipe, model = load_run(trained_run)
@@ -82,6 +106,45 @@ def test_test_queries_mark_the_ground_truth_at_evaluate_rank(run_app, trained_ru
         assert owner == owners[position] and rank == int(ranks[position]) and len(hits) == 3
         marked = [caption for _, caption in run_app.gallery(hits, marked=owner) if caption.startswith("✔")]
         assert len(marked) == (1 if rank <= 3 else 0)
+
+
+@needs_gradio
+def test_test_queries_rank_against_the_language_gallery_as_evaluate_does(trained_run, synthetic_corpus, tmp_path):
+    import shutil
+
+    import yaml
+
+    from leccr_cli.app import RunApp
+    from leccr_cli.data.corpus import CAPTION_COLUMNS, save_string_dataset
+
+    # the corpus lists its own (smaller) Czech test gallery, as MSCOCO does for ja and zh
+    folder = tmp_path / "corpus"
+    shutil.copytree(synthetic_corpus, folder)
+    corpus = Corpus.open(folder)
+    test_ids = corpus.image_ids("test")
+    own = test_ids[::2]
+    kept = [c for c in corpus.captions() if not (c.split == "test" and c.lang == "cs" and c.image_id not in own)]
+    shutil.rmtree(folder / "captions")
+    save_string_dataset({column: [getattr(c, column) for c in kept] for column in CAPTION_COLUMNS}, folder / "captions")
+    save_string_dataset({"image_id": own, "split": ["test"] * len(own), "lang": ["cs"] * len(own)}, folder / "galleries")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    raw = yaml.safe_load((trained_run / "recipe.yaml").read_text())
+    raw["data"]["corpus"] = str(folder)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(raw))
+
+    app = RunApp(run, device="cpu")
+    assert app.test_gallery("cs").index.image_ids == own and app.test_gallery("de").index.image_ids == test_ids
+    recipe, model = load_run(run)
+    corpus = Corpus.open(folder)
+    texts, owners = query_captions(corpus, "test", "cs")
+    _, gallery = encode_gallery(model, corpus, "test", recipe, image_ids=own)
+    embeds = encode_texts(model, texts, recipe)
+    labels = [own.index(o) for o in owners]
+    ranks = retrieval_ranks_from_rows(lambda a, b: model.score(embeds[a:b], gallery), len(texts), len(own), labels).t2i
+    found = [app.test_query("cs", position, 3) for position in range(len(texts))]
+    assert [rank for _, _, rank in found] == ranks.tolist()
+    assert all(hit.image_id in own for hits, _, _ in found for hit in hits)
 
 
 @needs_gradio

@@ -84,6 +84,29 @@ def test_a_rerun_adds_new_images_and_keeps_descriptions(photos, tmp_path):
     assert import_images(photos, out, split="extra").corpus.splits == ["extra", "gallery"]
 
 
+def test_a_rerun_holds_the_corpus_writer_lock(photos, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "corpus"
+    import_images(photos, out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfolder = sys.argv[1]; sys.argv = ['leccr', 'caption', folder]\n"
+         "from leccr_cli.fs import writer_lock\nwith writer_lock(folder):\n print('locked', flush=True)\n"
+         " time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        _image(photos / "zebra.png", "white")
+        line = _error_line(runner.invoke(app, ["data", "import-images", str(photos), str(out)]))
+        assert f"is being written by `leccr caption {out}` (pid {holder.pid}" in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert import_images(photos, out).added == 1 and Corpus.open(out).image_ids("gallery")[-1] == "zebra"
+
+
 def _jsonl(tmp_path, rows):
     import json
 

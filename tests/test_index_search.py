@@ -5,6 +5,8 @@ import json
 import math
 import shutil
 import statistics
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -142,7 +144,8 @@ def test_an_interrupted_index_resumes_to_the_same_tensors(trained_run, synthetic
     target = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         build_index(trained_run, synthetic_corpus, target, split="test", batch_size=4, on_batch=killed)
-    assert not target.exists()  # nothing that looks finished
+    # nothing that looks finished: the writer lock and the first batch in .parts/
+    assert sorted(p.name for p in target.iterdir()) == [".leccr.lock", ".parts"]
     with pytest.raises(IndexFolderError, match="unfinished .*rerun the same `leccr index` command"):
         Index.open(target)
     assert "is unfinished" in _error_line(runner.invoke(app, ["search", str(target), "kreis"]))
@@ -152,9 +155,55 @@ def test_an_interrupted_index_resumes_to_the_same_tensors(trained_run, synthetic
     a, b = Index.open(tmp_path / "whole"), Index.open(target)
     assert torch.equal(a.global_embeds, b.global_embeds) and torch.equal(a.slot_embeds, b.slot_embeds)
     assert (a.image_ids, a.paths, a.descriptions) == (b.image_ids, b.paths, b.descriptions)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the parts are gone
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries beside it
+    assert sorted(p.name for p in target.iterdir()) == [".leccr.lock", EMBEDDINGS_FILE, "index.json", "items"]
     again = build_index(trained_run, synthetic_corpus, target, split="test", batch_size=4)
     assert (again.status, again.embedded) == ("up to date", 0)
+
+
+def test_a_second_index_writer_is_refused_and_search_goes_on(test_index, tmp_path):
+    out = shutil.copytree(test_index, tmp_path / "index")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfolder = sys.argv[1]; sys.argv = ['leccr', 'index', 'RUN', 'CORPUS', '--out', folder]\n"
+         "from leccr_cli.fs import writer_lock\nwith writer_lock(folder):\n print('locked', flush=True)\n"
+         " time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        info = Index.open(out).info
+        line = _error_line(runner.invoke(app, ["index", info.model.run, info.corpus, "--split", "test", "--out", str(out)]))
+        assert f"is being written by `leccr index RUN CORPUS --out {out}` (pid {holder.pid}" in line
+        assert runner.invoke(app, ["search", str(out), "ein stern"]).exit_code == 0  # readers are never blocked
+    finally:
+        holder.kill()
+        holder.wait()
+    result = runner.invoke(app, ["index", info.model.run, info.corpus, "--split", "test", "--out", str(out)])
+    assert result.exit_code == 0 and "is up to date" in result.output
+
+
+def test_a_full_disk_keeps_the_finished_batches(trained_run, synthetic_corpus, tmp_path, monkeypatch):
+    import errno
+
+    import leccr_cli.index as index_module
+
+    write = index_module._Parts.write
+    calls = []
+
+    def fill_up(self, *args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, *args)
+
+    monkeypatch.setattr(index_module._Parts, "write", fill_up)
+    out = tmp_path / "index"
+    args = ["index", str(trained_run), str(synthetic_corpus), "--split", "test", "--out", str(out), "--batch-size", "4"]
+    line = _error_line(runner.invoke(app, args))
+    assert "disk full while writing" in line and f"finished batches are kept in {out / '.parts'}" in line
+    monkeypatch.undo()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "15 images (11 embedded, 4 from the interrupted run; fp16)" in result.output
 
 
 def test_new_images_are_appended_and_equal_a_fresh_index(trained_run, synthetic_corpus, tmp_path):

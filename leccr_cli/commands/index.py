@@ -10,6 +10,7 @@ from leccr_cli.commands.options import BatchSize, Device, Dtype, Overwrite
 
 
 def index_command(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., metavar="RUN", help="Run folder (its model/ embeds the images)."),
     corpus: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder, e.g. made by `leccr data import-images`."),
     out: Path = typer.Option(..., "--out", metavar="INDEX", help="Index folder to write (or to update)."),
@@ -24,12 +25,13 @@ def index_command(
 ) -> None:
     """Embed every image of a corpus split once with a run's best model into an index folder.
 
-    INDEX holds index.json (the model: run and a hash of its weights; corpus, split, count, dims, dtype), embeddings.safetensors (global and slot embeddings; --dtype is the storage dtype, auto stores fp16) and items/ (image id, path, description). A LECCR model needs a description of every image (`leccr caption CORPUS`); the baseline needs none. Resumable: rerun after an interruption and only the missing images are embedded; rerun after adding images to the corpus (or describing them anew) and only those are. An index built by another model, corpus or setting is refused unless --overwrite. --batch-size defaults to the run's eval.batch_size.
+    INDEX holds index.json (the model: run and a hash of its weights; corpus, split, count, dims, dtype), embeddings.safetensors (global and slot embeddings; --dtype is the storage dtype, auto stores fp16) and items/ (image id, path, description). A LECCR model needs a description of every image (`leccr caption CORPUS`); the baseline needs none. Resumable: rerun after an interruption and only the missing images are embedded (finished batches wait in INDEX/.parts); rerun after adding images to the corpus (or describing them anew) and only those are. An index built by another model, corpus or setting is refused unless --overwrite; a second `leccr index` into the same INDEX stops at once, naming the first. --batch-size defaults to the run's eval.batch_size.
     """
     from rich.markup import escape
 
+    from leccr_cli.commands import rerun_command
     from leccr_cli.console import console, err_console
-    from leccr_cli.index import build_index
+    from leccr_cli.index import PARTS_DIR, build_index
 
     try:
         report = build_index(
@@ -38,7 +40,9 @@ def index_command(
         )  # fmt: skip
     except KeyboardInterrupt:
         err_console.print(
-            f"[yellow]interrupted:[/] finished batches are kept beside {escape(str(out))}; rerun the same command to finish"
+            f"[yellow]interrupted:[/] finished batches are kept in {escape(str(out / PARTS_DIR))}; "
+            f"`{escape(rerun_command(ctx))}` embeds the rest",
+            soft_wrap=True, highlight=False,
         )
         raise typer.Exit(130) from None
     if report.status == "up to date":
@@ -46,7 +50,7 @@ def index_command(
         return
     details = [f"{report.embedded} embedded"]
     if report.resumed:
-        details.append(f"{report.resumed} of them by the interrupted run")
+        details.append(f"{report.resumed} from the interrupted run")
     if report.reused:
         details.append(f"{report.reused} kept")
     if report.dropped:

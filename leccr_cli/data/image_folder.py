@@ -24,6 +24,7 @@ from PIL import Image
 from leccr_cli.console import progress
 from leccr_cli.data.corpus import Corpus, ImageRow, write_corpus
 from leccr_cli.errors import CorpusError
+from leccr_cli.fs import is_empty_folder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 DEFAULT_SPLIT = "gallery"
@@ -86,7 +87,7 @@ def _check_places(folder: Path, out: Path) -> None:
 
 def _existing_corpus(folder: Path, out: Path, overwrite: bool) -> Corpus | None:
     """The corpus in `out` that an earlier import of `folder` wrote (extended by a rerun), or None to write a new one."""
-    if overwrite or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    if overwrite or not out.exists() or (out.is_dir() and is_empty_folder(out)):
         return None
     if not (out / "corpus.json").is_file():
         raise CorpusError(f"{out} exists and is not a corpus", "choose another OUT, or pass --overwrite to replace it")
@@ -120,6 +121,15 @@ def import_images(
         raise CorpusError(f"--split {split!r} is not a split name", f"e.g. {DEFAULT_SPLIT}")
     _check_places(folder, out)
     existing = _existing_corpus(folder, out, overwrite)
+    if existing is None:
+        return _import(folder, out, None, split, on_error, overwrite, name)
+    with existing.writing():  # one writer at a time; the corpus is read again under the lock
+        return _import(folder, out, _existing_corpus(folder, out, overwrite), split, on_error, overwrite, name)
+
+
+def _import(
+    folder: Path, out: Path, existing: Corpus | None, split: str, on_error: str, overwrite: bool, name: str | None
+) -> ImageFolderImport:
     listed = {row.image_id: row.path for row in existing.images(split)} if existing and split in existing.splits else {}
     found = image_ids(find_images(folder))
     if not found and not listed:
