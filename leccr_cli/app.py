@@ -158,11 +158,13 @@ class RunApp:
         body = f"<p>{html.escape(hit.description)}</p>"
         if not slots:
             return head + body + "<p><i>This model has no semantic slots.</i></p>"
+        even = 1.0 / len(words)
         rows = []
         for slot in slots:
-            peak = max(slot.weights) or 1.0
+            spread = max(max(slot.weights) - even, 1e-9)
             shaded = " ".join(
-                f'<span style="background: rgba(255, 136, 0, {w / peak:.2f}); padding: 0 2px; border-radius: 3px">{html.escape(word)}</span>'
+                f'<span style="background: rgba(255, 136, 0, {max(w - even, 0.0) / spread:.2f}); padding: 0 2px; '
+                f'border-radius: 3px">{html.escape(word)}</span>'
                 for word, w in zip(words, slot.weights)
             )
             best = sorted(range(len(words)), key=lambda i: -slot.weights[i])[:SLOT_TOP_WORDS]
@@ -175,7 +177,8 @@ class RunApp:
         )
         note = (
             "<p><small>Attention of each semantic slot over the description's words (last slot layer, "
-            "averaged over heads, shares of the words' total).</small></p>"
+            f"averaged over heads, shares of the words' total). A word is shaded by how far its share exceeds "
+            f"an even share ({even:.0%} for {len(words)} words); the slot's top word is the darkest.</small></p>"
         )
         return head + body + table + note
 
@@ -292,8 +295,15 @@ class RunApp:
                 filter(None, [f"fusion {record['fusion']:g}" if record.get("fusion") is not None else "",
                               "translate-test" if record.get("translate_test") else ""])
             ) or "global"  # fmt: skip
-            rows.append([record.get("lang", path.stem), record.get("split", ""), mode] + [round(record.get(c, float("nan")), 1) for c in METRIC_COLUMNS])
-        return pd.DataFrame(rows, columns=["lang", "split", "scoring", *METRIC_COLUMNS])
+            gallery = record.get("gallery") or ""
+            if record.get("gallery_size") is not None:
+                gallery = f"{gallery} ({record['gallery_size']} images)"
+            corpus = record.get("corpus")
+            if corpus and Path(corpus).resolve() != Path(self.recipe.data.corpus).resolve():
+                gallery = f"{gallery}, corpus {Path(corpus).name}"
+            metrics = [round(record.get(c, float("nan")), 1) for c in METRIC_COLUMNS]
+            rows.append([record.get("lang", path.stem), record.get("split", ""), mode, gallery, *metrics])
+        return pd.DataFrame(rows, columns=["lang", "split", "scoring", "gallery", *METRIC_COLUMNS])
 
     def validation_curve(self) -> pd.DataFrame:
         """step, lang, sumr of every validation evaluation in metrics.jsonl."""
@@ -351,7 +361,7 @@ def _search_tab(app: RunApp) -> None:
     with gr.Row():
         query = gr.Textbox(label="Query", placeholder="ein roter Kreis links", scale=4)
         k = gr.Slider(1, min(100, info.count), value=min(DEFAULT_K, info.count), step=1, label="k", scale=1)
-        fusion = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="fusion α (1 = global score only)", scale=1, visible=app.has_slots)
+        fusion = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="fusion α", info="1: the global score only", scale=1, visible=app.has_slots)
     button = gr.Button("Search", variant="primary")
     note = gr.Markdown()
     gallery = gr.Gallery(label="Top hits (click one to see its slots)", columns=5, height="auto", object_fit="contain")
@@ -421,9 +431,9 @@ def _test_tab(app: RunApp) -> None:
 def _run_tab(app: RunApp) -> None:
     gr.Markdown(f"Evaluation files in `{app.run_dir / EVAL_DIR}`, validation and training logs of the run.")
     table = gr.Dataframe(app.eval_table(), label="Evaluation (R@K in %, SumR)")
-    with gr.Row():
-        sumr = gr.LinePlot(app.validation_curve(), x="step", y="sumr", color="lang", title=f"Validation SumR ({app.recipe.data.val_split})")
-        losses = gr.LinePlot(app.loss_curves(), x="step", y="value", color="term", title="Training loss and its terms")
+    # one plot per row: the loss has up to nine terms, whose legend needs the width
+    sumr = gr.LinePlot(app.validation_curve(), x="step", y="sumr", color="lang", title=f"Validation SumR ({app.recipe.data.val_split})")
+    losses = gr.LinePlot(app.loss_curves(), x="step", y="value", color="term", title="Training loss and its terms")
     refresh = gr.Button("Reload the run's logs")
     refresh.click(lambda: (app.eval_table(), app.validation_curve(), app.loss_curves()), None, [table, sumr, losses], api_name="run_logs")
 

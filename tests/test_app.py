@@ -156,6 +156,8 @@ def test_the_run_tab_reads_the_logs(run_app, trained_run):
     assert {"loss", "itc_vs", "itc_st", "itc_vt"} <= set(losses["term"]) and "lr" not in set(losses["term"])
     table = run_app.eval_table()
     assert set(table["lang"]) >= {"de", "fr", "cs"} and set(table["split"]) >= {"test"}
+    own = table[table["scoring"] == "global"]
+    assert set(own["gallery"]) == {"language (15 images)"}
 
 
 @needs_gradio

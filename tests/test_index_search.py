@@ -376,10 +376,10 @@ def test_top_k_in_blocks_and_workers_equals_a_full_sort(test_index, monkeypatch)
 
     full = searcher.model.score(queries, ImageEmbeddings(gallery, index.slot_embeds.float()), fusion=0.7)
     expected = [sorted(range(len(index)), key=lambda r: (-row[r].item(), r))[:6] for row in full]
-    monkeypatch.setattr(search, "ROWS_PER_WORKER", 4)
+    monkeypatch.setattr(search, "ROWS_PER_TASK", 4)
     monkeypatch.setattr(search, "CONVERT_ROWS", 3)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # two workers (rows 0-8 and 9-14), each in blocks of 3 rows
+    torch.set_num_threads(2)  # two workers taking tasks of 4 rows (0-3, 4-7, 8-11, 12-14), converted 3 rows at a time
     try:
         scores, rows = search.top_k(searcher.model, queries, index, 6, fusion=0.7, memory_budget_mb=1e-5)
     finally:
