@@ -162,11 +162,16 @@ class RunApp:
         rows = []
         for slot in slots:
             spread = max(max(slot.weights) - even, 1e-9)
-            shaded = " ".join(
-                f'<span style="background: rgba(255, 136, 0, {max(w - even, 0.0) / spread:.2f}); padding: 0 2px; '
-                f'border-radius: 3px">{html.escape(word)}</span>'
-                for word, w in zip(words, slot.weights)
-            )
+            pieces, position = [], 0
+            for word, w in zip(words, slot.weights):  # the words in their places, the text between them kept
+                start = hit.description.index(word, position)
+                pieces.append(html.escape(hit.description[position:start]))
+                pieces.append(
+                    f'<span style="background: rgba(255, 136, 0, {max(w - even, 0.0) / spread:.2f}); '
+                    f'border-radius: 3px">{html.escape(word)}</span>'
+                )
+                position = start + len(word)
+            shaded = "".join(pieces) + html.escape(hit.description[position:])
             best = sorted(range(len(words)), key=lambda i: -slot.weights[i])[:SLOT_TOP_WORDS]
             top = ", ".join(f"{html.escape(words[i])} {slot.weights[i]:.0%}" for i in best)
             rows.append(f"<tr><td><b>slot {slot.slot}</b></td><td>{top}</td><td>{shaded}</td></tr>")
@@ -364,7 +369,9 @@ def _search_tab(app: RunApp) -> None:
         fusion = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="fusion α", info="1: the global score only", scale=1, visible=app.has_slots)
     button = gr.Button("Search", variant="primary")
     note = gr.Markdown()
-    gallery = gr.Gallery(label="Top hits (click one to see its slots)", columns=5, height="auto", object_fit="contain")
+    gr.Markdown("Top hits: click one to see its semantic slots.")
+    # no label on the gallery: Gradio draws it over the first images
+    gallery = gr.Gallery(label="Top hits", show_label=False, columns=5, height="auto", object_fit="contain")
     details = gr.HTML()
     table = gr.Dataframe(label="Hits", wrap=True, column_widths=["7%", "8%", "12%", "73%"])
     hits_state = gr.State([])
@@ -409,7 +416,7 @@ def _test_tab(app: RunApp) -> None:
         k = gr.Slider(1, 50, value=DEFAULT_K, step=1, label="k", scale=1)
     button = gr.Button("Rank the test gallery", variant="primary")
     verdict = gr.Markdown()
-    gallery = gr.Gallery(label="Top hits (✔ the ground truth)", columns=6, height="auto", object_fit="contain")
+    gallery = gr.Gallery(label="Top hits (✔ the ground truth)", show_label=False, columns=6, height="auto", object_fit="contain")
 
     def run_test(language, position, top):
         try:
@@ -422,7 +429,7 @@ def _test_tab(app: RunApp) -> None:
         if rank > len(hits):
             items.append((gallery_index.paths[gallery_index.image_ids.index(owner)], f"✔ #{rank}  {owner}"))
         found = "a hit at rank 1" if rank == 1 else f"rank {rank}"
-        return items, f"Ground truth **{owner}**: {found} of {total} (R@1 {'yes' if rank <= 1 else 'no'}, R@5 {'yes' if rank <= 5 else 'no'}, R@10 {'yes' if rank <= 10 else 'no'})"
+        return items, f"Ground truth **{owner}** (marked ✔): {found} of {total} (R@1 {'yes' if rank <= 1 else 'no'}, R@5 {'yes' if rank <= 5 else 'no'}, R@10 {'yes' if rank <= 10 else 'no'})"
 
     lang.change(lambda language: gr.Dropdown(choices=choices(language), value=0), lang, caption, api_name=False)
     button.click(run_test, [lang, caption, k], [gallery, verdict], api_name="test_query")

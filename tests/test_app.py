@@ -1,7 +1,9 @@
 """`leccr app`: the app's functions, and the app served on a loopback port and queried over HTTP."""
 
+import html
 import importlib.util
 import json
+import re
 import socket
 import sys
 
@@ -65,6 +67,9 @@ def test_the_slot_view_shows_each_slot_over_the_description_words(run_app):
         assert len(slot.weights) == len(words) and sum(slot.weights) == pytest.approx(1.0)
     view = run_app.slot_view(hit)
     assert "slot 1" in view and "slot 2" in view and "most attended words" in view
+    shaded = re.findall(r"<td>((?:(?!</td>).)*)</td></tr>", view)
+    assert len(shaded) == len(slots)
+    assert all(html.unescape(re.sub(r"<[^>]+>", "", cell)) == hit.description for cell in shaded)  # the words in their places
 
 
 def test_slot_attention_is_the_last_slot_layer_s_attention_over_the_description(trained_run):
