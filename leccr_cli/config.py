@@ -78,12 +78,21 @@ class VisionConfig:
 
 @dataclass
 class VideoConfig:
-    """The frame-feature transformer used for video corpora."""
+    """The frame-feature encoder of video corpora (docs/architecture.md, "The model").
 
-    width: int = field(default=512, metadata=_positive())
+    As in the reference: self-attention layers over the frame features, then the masked mean
+    over frames (`pooling: mean`). `width: null` runs them on the features as they are (the
+    reference); a number adds a linear input projection to that width first. `pooling: cls`
+    prepends a learned CLS token and pools at it; `positions` adds learned frame positions
+    (the reference has none).
+    """
+
+    width: int | None = field(default=None, metadata=_positive())
     layers: int = field(default=1, metadata=_positive())
     heads: int = field(default=8, metadata=_positive())
     max_frames: int = field(default=64, metadata=_positive())
+    pooling: Literal["mean", "cls"] = "mean"
+    positions: bool = False
 
 
 @dataclass
@@ -168,6 +177,9 @@ class EvalConfig:
     langs: list[str] = field(default_factory=list)
     batch_size: int = field(default=128, metadata=_positive())
     fusion: float | None = field(default=None, metadata=_limits(0.0, 1.0))
+    # linear: fusion * global + (1 - fusion) * slot score; minmax: each score matrix min-max
+    # scaled to [0, 1] over the whole matrix first (the reference's video scoring)
+    fusion_mode: Literal["linear", "minmax"] = "linear"
     memory_budget_mb: int = field(default=1024, metadata=_limits(16))
 
 
@@ -350,6 +362,10 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
                 f"{source}: {key}: set exactly one of name_or_path (a folder or Hub id) "
                 "and config (an inline config trained from scratch)"
             )
+    if recipe.eval.fusion_mode == "minmax" and recipe.eval.fusion is None:
+        raise RecipeError(
+            f"{source}: eval.fusion_mode: 'minmax' needs eval.fusion, the weight of the global scores (the reference's video setting is 0.9)"
+        )
     if recipe.model.description_features == "cache" and recipe.model.description_encoder != "frozen":
         raise RecipeError(
             f"{source}: model.description_features: 'cache' needs model.description_encoder: frozen "

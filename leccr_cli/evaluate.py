@@ -29,9 +29,11 @@ from leccr_cli.data.loading import (
 )
 from leccr_cli.data.slot_cache import open_slot_cache
 from leccr_cli.errors import CorpusError, EvaluationError, ModelError
-from leccr_cli.metrics import metrics_from_ranks, retrieval_ranks_from_rows
+from leccr_cli.metrics import metrics_from_ranks, minmax_fused_rows, retrieval_ranks_from_rows
 from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel, image_inputs, uses_slot_embeddings
 from leccr_cli.runs import run_of_model
+
+FUSION_MODES = ("linear", "minmax")
 
 
 def _loader(dataset, batch_size: int, collate, accelerator) -> DataLoader:
@@ -172,13 +174,21 @@ def evaluate_languages(
     *,
     accelerator=None,
     fusion: float | None = None,
+    fusion_mode: str = "linear",
     translate_test: bool = False,
     batch_size: int | None = None,
     rebuild_from: str | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Recall metrics of `model` on (split, lang) for every language; the gallery is embedded once."""
+    """Recall metrics of `model` on (split, lang) for every language; the gallery is embedded once.
+
+    `fusion` α mixes the global and best-slot scores: `fusion_mode` 'linear' scores
+    α·global + (1 − α)·slot, 'minmax' α·mm(global) + (1 − α)·mm(slot), each matrix min-max
+    scaled over all of the language's queries and the gallery (the reference's video scoring).
+    """
     for lang in langs:
         corpus.check_lang(lang)
+    if fusion_mode not in FUSION_MODES:
+        raise EvaluationError(f"fusion mode {fusion_mode!r}: expected one of {', '.join(FUSION_MODES)}")
     if fusion is not None and not uses_slot_embeddings(model.config):
         raise ModelError(
             "--fusion needs slot embeddings; this model has none",
@@ -194,16 +204,34 @@ def evaluate_languages(
         text_embeds = encode_texts(model, texts, recipe, accelerator=accelerator, batch_size=batch_size)
         text_embeds = text_embeds.to(gallery.global_embeds.device)
 
-        def score_rows(start: int, stop: int) -> torch.Tensor:
-            with torch.inference_mode():
-                return model.score(text_embeds[start:stop], gallery, fusion=fusion)
-
+        budget = recipe.eval.memory_budget_mb
+        score_rows = _score_rows(model, text_embeds, gallery, fusion, fusion_mode, budget)
         labels = torch.tensor([column[i] for i in owners])
-        ranks = retrieval_ranks_from_rows(
-            score_rows, len(texts), len(image_ids), labels, memory_budget_mb=recipe.eval.memory_budget_mb
-        )
+        ranks = retrieval_ranks_from_rows(score_rows, len(texts), len(image_ids), labels, memory_budget_mb=budget)
         results[lang] = metrics_from_ranks(ranks)
     return results
+
+
+def _score_rows(model: LeccrModel, text_embeds, gallery: ImageEmbeddings, fusion, fusion_mode: str, memory_budget_mb: int):
+    """The rows of the [queries, gallery] score matrix, block by block, as `fusion` and `fusion_mode` say."""
+
+    def rows_of(score):
+        def rows(start: int, stop: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return score(text_embeds[start:stop])
+
+        return rows
+
+    if fusion is None or fusion_mode == "linear":
+        return rows_of(lambda texts: model.score(texts, gallery, fusion=fusion))
+    return minmax_fused_rows(
+        rows_of(lambda texts: model.score(texts, gallery)),
+        rows_of(lambda texts: model.slot_scores(texts, gallery)),
+        len(text_embeds),
+        len(gallery.global_embeds),
+        fusion,
+        memory_budget_mb,
+    )
 
 
 def eval_languages(corpus: Corpus, split: str, requested: Sequence[str], default: Sequence[str]) -> list[str]:

@@ -228,19 +228,30 @@ def drop_records_after(path: Path, step: int, final_split: str) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def eval_json_name(lang: str, split: str, fusion: float | None = None, translate_test: bool = False) -> str:
-    """eval/<lang>-<split>.json, with -fusion<A> / -translate-test for the other scoring modes."""
+def eval_json_name(
+    lang: str, split: str, fusion: float | None = None, translate_test: bool = False, fusion_mode: str = "linear"
+) -> str:
+    """eval/<lang>-<split>.json, with -fusion<A> (linear) or -minmax<A> and -translate-test for the other scoring modes."""
     name = f"{lang}-{split}"
     if fusion is not None:
-        name += f"-fusion{fusion:g}"
+        name += f"-{'minmax' if fusion_mode == 'minmax' else 'fusion'}{fusion:g}"
     if translate_test:
         name += "-translate-test"
     return f"{name}.json"
 
 
 def write_eval_json(
-    run_dir: Path, lang: str, split: str, metrics: dict, *, fusion: float | None = None, translate_test: bool = False
+    run_dir: Path,
+    lang: str,
+    split: str,
+    metrics: dict,
+    *,
+    fusion: float | None = None,
+    translate_test: bool = False,
+    fusion_mode: str = "linear",
 ) -> Path:
     """Write the metrics (and how they were scored) to eval/<name> in a run folder (see `eval_json_name`)."""
-    record = {"lang": lang, "split": split, "fusion": fusion, "translate_test": translate_test, **metrics}
-    return write_metrics_json(record, Path(run_dir) / EVAL_DIR / eval_json_name(lang, split, fusion, translate_test))
+    mode = fusion_mode if fusion is not None else None
+    record = {"lang": lang, "split": split, "fusion": fusion, "fusion_mode": mode, "translate_test": translate_test, **metrics}
+    name = eval_json_name(lang, split, fusion, translate_test, fusion_mode)
+    return write_metrics_json(record, Path(run_dir) / EVAL_DIR / name)

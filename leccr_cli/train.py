@@ -141,6 +141,7 @@ class _Loop:
             self.recipe,
             accelerator=self.accelerator,
             fusion=self.recipe.eval.fusion,
+            fusion_mode=self.recipe.eval.fusion_mode,
             rebuild_from=self.rebuild_from,
         )
 
@@ -247,7 +248,9 @@ class _Loop:
             where = {"step": self.state.best_step, "split": split}
             append_records(self.run_dir / METRICS_FILE, ({**where, "lang": lang, **m} for lang, m in results.items()))
             for lang, metrics in results.items():
-                write_eval_json(self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion)
+                write_eval_json(
+                    self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion, fusion_mode=self.recipe.eval.fusion_mode
+                )
             title = f"{self.run_dir.name}: best model (step {self.state.best_step}) on {split}"
             console.print(metrics_table(results, title=title))
         return results

@@ -25,7 +25,19 @@ def evaluate_command(
     ),
     split: str | None = typer.Option(None, "--split", help="Split to evaluate (default: the recipe's test split)."),
     fusion: float | None = typer.Option(
-        None, "--fusion", min=0.0, max=1.0, metavar="ALPHA", help="Score alpha * global + (1 - alpha) * best slot score."
+        None,
+        "--fusion",
+        min=0.0,
+        max=1.0,
+        metavar="ALPHA",
+        help="Score alpha * global + (1 - alpha) * best slot score (default: the run recipe's eval.fusion; none = global only).",
+    ),
+    fusion_mode: str | None = typer.Option(
+        None,
+        "--fusion-mode",
+        metavar="MODE",
+        help="linear: mix the scores as they are; minmax: min-max scale each score matrix to [0, 1] first, "
+        "the reference's video scoring (default: the run recipe's eval.fusion_mode, linear unless it says otherwise).",
     ),
     translate_test: bool = typer.Option(
         False, "--translate-test", help="Score the English machine translation of each query (origin mt, translated from it)."
@@ -50,22 +62,28 @@ def evaluate_command(
 
     if scores is not None or labels is not None:
         used = [name for name, value in (("RUN", run), ("--lang", langs), ("--split", split), ("--fusion", fusion),
-                                         ("--translate-test", translate_test or None), ("--corpus", corpus)) if value]
+                                         ("--fusion-mode", fusion_mode), ("--translate-test", translate_test or None),
+                                         ("--corpus", corpus)) if value]
         if scores is None or labels is None:
             raise LeccrError("--scores and --labels go together", "give both files, or neither to evaluate a run")
         if used:
             raise LeccrError(f"{', '.join(used)} cannot be combined with --scores", "--scores evaluates a saved matrix, not a run")
         _evaluate_scores(scores, labels, json_path, memory_budget or 1024)
         return
-    _evaluate_run(run, langs, split, fusion, translate_test, corpus, batch_size, device, json_path, memory_budget)
+    if fusion_mode is not None and fusion_mode not in ("linear", "minmax"):
+        raise LeccrError(f"--fusion-mode {fusion_mode!r}: expected linear or minmax")
+    _evaluate_run(run, langs, split, fusion, fusion_mode, translate_test, corpus, batch_size, device, json_path, memory_budget)
 
 
-def _evaluate_run(run, langs, split, fusion, translate_test, corpus_path, batch_size, device, json_path, memory_budget) -> None:
+def _evaluate_run(
+    run, langs, split, fusion, fusion_mode, translate_test, corpus_path, batch_size, device, json_path, memory_budget
+) -> None:
     import dataclasses
 
     from leccr_cli.console import console
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.devices import select_device
+    from leccr_cli.errors import LeccrError
     from leccr_cli.evaluate import eval_languages, evaluate_languages
     from leccr_cli.metrics import write_metrics_json
     from leccr_cli.runs import latest_run, load_run, write_eval_json
@@ -74,16 +92,21 @@ def _evaluate_run(run, langs, split, fusion, translate_test, corpus_path, batch_
     recipe, model = load_run(run_dir)
     if memory_budget is not None:
         recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, memory_budget_mb=memory_budget))
+    fusion = fusion if fusion is not None else recipe.eval.fusion
+    fusion_mode = fusion_mode or recipe.eval.fusion_mode
+    if fusion is None and fusion_mode == "minmax":
+        raise LeccrError("--fusion-mode minmax needs --fusion ALPHA, the weight of the global scores", "e.g. --fusion 0.9 (the reference's video setting)")
     corpus = Corpus.open(corpus_path or recipe.data.corpus)
     split = split or recipe.data.test_split
     languages = eval_languages(corpus, split, langs, recipe.eval.langs or recipe.data.target_langs)
     model.to(select_device(device))
     results = evaluate_languages(
-        model, corpus, split, languages, recipe, fusion=fusion, translate_test=translate_test, batch_size=batch_size
+        model, corpus, split, languages, recipe, fusion=fusion, fusion_mode=fusion_mode, translate_test=translate_test,
+        batch_size=batch_size,
     )
     for lang, metrics in results.items():
-        write_eval_json(run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test)
-    mode = "".join([f", fusion {fusion:g}" if fusion is not None else "", ", translate-test" if translate_test else ""])
+        write_eval_json(run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test, fusion_mode=fusion_mode)
+    mode = "".join([f", fusion {fusion:g} ({fusion_mode})" if fusion is not None else "", ", translate-test" if translate_test else ""])
     _report(results, title=f"{run_dir}: {split}{mode}", row_header="lang")
     console.print(f"[green]Wrote[/] {run_dir / 'eval'}/ ({', '.join(results)})")
     if json_path is not None:
