@@ -37,12 +37,28 @@ def _positive() -> dict:
 
 @dataclass
 class SynthSpec:
-    """How to build the synthetic corpus when `data.corpus` does not exist yet."""
+    """How to build the synthetic corpus (`leccr data synth`) when `data.corpus` does not exist yet.
 
-    images: int = field(default=2000, metadata=_limits(30))
+    `modality: image` renders scenes (`images`, `image_size`); `modality: video` writes frame
+    features (`videos`, `frames`, `frame_dim`, `noise`). Unset keys take the generator's
+    defaults; keys of the other modality are refused.
+    """
+
+    modality: Literal["image", "video"] = "image"
+    images: int | None = field(default=None, metadata=_limits(30))
+    videos: int | None = field(default=None, metadata=_limits(30))
     langs: list[str] = field(default_factory=lambda: ["de", "fr", "cs"])
     seed: int = 0
-    image_size: int = field(default=64, metadata=_limits(16))
+    image_size: int | None = field(default=None, metadata=_limits(16))
+    frames: int | None = field(default=None, metadata=_limits(2))
+    frame_dim: int | None = field(default=None, metadata=_limits(8))
+    noise: float | None = field(default=None, metadata=_limits(0.0))
+
+    def generator_options(self) -> dict[str, Any]:
+        """The keyword arguments of the generator of `modality` that the recipe sets."""
+        keys = ("images", "image_size") if self.modality == "image" else ("videos", "frames", "frame_dim", "noise")
+        options = {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+        return {**options, "langs": list(self.langs), "seed": self.seed}
 
 
 @dataclass
@@ -362,6 +378,25 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
                 f"{source}: {key}: set exactly one of name_or_path (a folder or Hub id) "
                 "and config (an inline config trained from scratch)"
             )
+    synth = data.synth
+    if synth is not None:
+        other = ("videos", "frames", "frame_dim", "noise") if synth.modality == "image" else ("images", "image_size")
+        for key in other:
+            if getattr(synth, key) is not None:
+                raise RecipeError(
+                    f"{source}: data.synth.{key}: belongs to the {'image' if synth.modality == 'video' else 'video'} "
+                    f"benchmark, but data.synth.modality is {synth.modality!r}",
+                    "remove it, or set data.synth.modality",
+                )
+    model = recipe.model
+    if recipe.eval.fusion is not None and (
+        model.variant == "baseline" or not (model.multi_level_matching or model.english_guidance)
+    ):
+        raise RecipeError(
+            f"{source}: eval.fusion: this model has no slot embeddings to fuse "
+            "(a baseline, or multi_level_matching and english_guidance both off)",
+            "set eval.fusion: null",
+        )
     if recipe.eval.fusion_mode == "minmax" and recipe.eval.fusion is None:
         raise RecipeError(
             f"{source}: eval.fusion_mode: 'minmax' needs eval.fusion, the weight of the global scores (the reference's video setting is 0.9)"

@@ -235,4 +235,11 @@ def info_command(corpus_path: Path = typer.Argument(..., metavar="CORPUS", help=
     )
     videos = corpus.video_feature_sets()
     if meta.modality == "video" or videos:
-        console.print("Frame features: " + (", ".join(videos) if videos else "none"))
+        from leccr_cli.data.video import FrameFeatures
+
+        described_sets = []
+        for name in videos:
+            features = FrameFeatures(corpus.path / "video" / f"{name}.safetensors")
+            lengths = features.lengths()
+            described_sets.append(f"{name} ({len(lengths)} videos, {min(lengths)}-{max(lengths)} frames of {features.dim} values)")
+        console.print("Frame features: " + ("; ".join(described_sets) if described_sets else "none"))
