@@ -54,7 +54,7 @@ def ensure_corpus(recipe: Recipe, state) -> Corpus:
             )
         if state.is_main_process:
             with err_console.status(f"Building the synthetic corpus in {path} ..."):
-                build_synthetic(path, images=synth.images, langs=synth.langs, seed=synth.seed, image_size=synth.image_size)
+                build_synthetic(path, **synth.generator_options())
         state.wait_for_everyone()
     return Corpus.open(path)
 
