@@ -19,26 +19,48 @@ ALLOW_MISSING = typer.Option(
 @app.command("synth")
 def synth_command(
     out: Path = typer.Argument(..., help="Folder to create."),
-    images: int = typer.Option(2000, "--images", help="Number of images (val and test get 12.5% each)."),
+    video: bool = typer.Option(False, "--video", help="Build the video benchmark: frame features instead of rendered images."),
+    images: int = typer.Option(2000, "--images", "--videos", help="Number of images, or videos with --video (val and test get 12.5% each)."),
     langs: str = typer.Option("de,fr,cs", "--langs", help="Target languages, comma-separated (de, fr, cs)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same corpus."),
-    image_size: int = typer.Option(64, "--image-size", help="Rendered image side in pixels."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Rendered image side in pixels (default: 64)."),
+    frames: int | None = typer.Option(None, "--frames", help="With --video: the most frames per video; each has between half of it and it (default: 8)."),
+    frame_dim: int | None = typer.Option(None, "--frame-dim", help="With --video: the width of a frame feature (default: 64)."),
+    noise: float | None = typer.Option(None, "--noise", help="With --video: the norm of the Gaussian noise added to each frame feature (default: 2.0)."),
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Generate the embedded synthetic benchmark (rendered shapes, partial captions, descriptions)."""
+    """Generate the embedded synthetic benchmark (rendered shapes or video frame features, partial captions, descriptions)."""
     from leccr_cli.console import console, err_console
+    from leccr_cli.errors import LeccrError
     from leccr_cli.languages import parse_language_list
-    from leccr_cli.data.synth import build_synthetic
 
     codes = parse_language_list(langs)
-    with err_console.status(f"Building the synthetic corpus in {out} ..."):
-        report = build_synthetic(out, images=images, langs=codes, seed=seed, image_size=image_size, overwrite=overwrite)
+    if video:
+        if image_size is not None:
+            raise LeccrError("--image-size is for the image benchmark", "leave it out with --video; frame features have --frame-dim")
+        from leccr_cli.data.synth_video import build_synthetic_video
+
+        options = {"frames": frames, "frame_dim": frame_dim, "noise": noise}
+        with err_console.status(f"Building the synthetic video corpus in {out} ..."):
+            report = build_synthetic_video(
+                out, videos=images, langs=codes, seed=seed, overwrite=overwrite, **{k: v for k, v in options.items() if v is not None}
+            )
+        unit = "videos"
+    else:
+        given = [name for name, value in (("--frames", frames), ("--frame-dim", frame_dim), ("--noise", noise)) if value is not None]
+        if given:
+            raise LeccrError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for the video benchmark", "add --video, or leave them out")
+        from leccr_cli.data.synth import build_synthetic
+
+        with err_console.status(f"Building the synthetic corpus in {out} ..."):
+            report = build_synthetic(out, images=images, langs=codes, seed=seed, image_size=image_size or 64, overwrite=overwrite)
+        unit = "images"
     split_text = ", ".join(f"{split} {n}" for split, n in report.images.items())
-    console.print(f"[green]Wrote[/] {report.path}: {split_text} images, {report.captions} captions ({', '.join(report.languages)})")
+    console.print(f"[green]Wrote[/] {report.path}: {split_text} {unit}, {report.captions} captions ({', '.join(report.languages)})")
     for split, share in report.ceiling.items():
         console.print(
-            f"R@1 ceiling on {split}: {share:.1f}% of captions are consistent with their own scene only "
-            "(the others fit several scenes equally well)"
+            f"R@1 ceiling on {split}: {share:.1f}% of captions are consistent with their own {unit[:-1]} only "
+            f"(the others fit several {unit} equally well)"
         )
 
 
