@@ -18,6 +18,7 @@ processes (`split_between_processes`) and the main process merges every process'
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from leccr_cli.data.descriptions import check_description_name
 from leccr_cli.data.shards import ShardStore
 from leccr_cli.devices import process_state, resolve_dtype, select_device
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
+from leccr_cli.fs import disk_full_reported
 
 if TYPE_CHECKING:
     from PIL.Image import Image as Picture
@@ -304,14 +306,24 @@ def shard_folder(corpus: Corpus, source: str) -> Path:
     return corpus.path / "descriptions" / f".{source}.shards"
 
 
-def _check_final(rows: list[dict], folder: Path, model_id: str, prompt: str) -> None:
+def _check_final(rows: list[dict], folder: Path, model_id: str, prompt: str, recorded: dict | None, settings: dict) -> None:
+    """Refuse to add rows to descriptions made with another model, prompt or generation setting."""
     other = next((r for r in rows if (r["model"], r["prompt"]) != (model_id, prompt)), None)
+    what = None
     if other is not None:
-        what = "another model" if other["model"] != model_id else "another prompt"
+        what = f"another model ({other['model']})" if other["model"] != model_id else "another prompt"
+    elif rows and recorded is not None:
+        differing = [key for key in settings if recorded.get(key) != settings[key]]
+        if differing:
+            what = "other settings (" + ", ".join(f"{_OPTION_NAMES.get(k, k)} {recorded.get(k)}" for k in differing) + ")"
+    if what is not None:
         raise LeccrError(
-            f"{folder} holds descriptions made with {what} ({other['model']})",
-            "pass --overwrite to replace them, or --name to write another description source",
+            f"{folder} holds descriptions made with {what}",
+            "rerun with the same settings, pass --overwrite to describe every image again, or --name to write another description source",
         )
+
+
+_OPTION_NAMES = {"max_new_tokens": "--max-new-tokens", "frames": "--frames"}
 
 
 def _describe_share(
@@ -409,44 +421,48 @@ def caption_corpus(
     chosen = list(dict.fromkeys(image_id for split in (splits or corpus.splits) for image_id in corpus.image_ids(split)))
 
     state = process_state()
-    final = corpus.path / "descriptions" / source
-    settings = {"model": describer.model_id, "prompt": prompt, "frames": frames, "max_new_tokens": describer.max_new_tokens}
-    shards = ShardStore(shard_folder(corpus, source), settings, DESCRIPTION_COLUMNS)
-    shards.check(overwrite)
-    kept = [] if overwrite or not final.is_dir() else corpus.description_rows(source)
-    _check_final(kept, final, describer.model_id, prompt)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        shards.start()
-    state.wait_for_everyone()
-    done = {row["image_id"] for row in kept} | {row["image_id"] for row in shards.rows()}
-    todo = [image_id for image_id in chosen if image_id not in done][:limit]
-    already = sum(image_id in done for image_id in chosen)
-    state.wait_for_everyone()  # nobody writes a shard before every process has read the done set
+    on_full = f"finished batches are kept in {shard_folder(corpus, source)}; rerun the same command to go on"
+    lock = corpus.writing() if state.is_main_process else contextlib.nullcontext()
+    with lock, disk_full_reported(corpus.path, on_full):
+        final = corpus.path / "descriptions" / source
+        generation = {"frames": frames, "max_new_tokens": describer.max_new_tokens}
+        settings = {"model": describer.model_id, "prompt": prompt, **generation}
+        shards = ShardStore(shard_folder(corpus, source), settings, DESCRIPTION_COLUMNS)
+        shards.check(overwrite)
+        kept = [] if overwrite or not final.is_dir() else corpus.description_rows(source)
+        _check_final(kept, final, describer.model_id, prompt, corpus.description_settings(source), generation)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shards.start()
+        state.wait_for_everyone()
+        done = {row["image_id"] for row in kept} | {row["image_id"] for row in shards.rows()}
+        todo = [image_id for image_id in chosen if image_id not in done][:limit]
+        already = sum(image_id in done for image_id in chosen)
+        state.wait_for_everyone()  # nobody writes a shard before every process has read the done set
 
-    with state.split_between_processes(todo) as mine:
-        bar = progress(RateColumn("images"), disable=not (show_progress and state.is_main_process))
-        with bar:
-            task = bar.add_task(f"Describing ({source})", total=len(mine))
-            described, failed = _describe_share(
-                mine, gallery, describer, prompt, frames, batch_size, on_error,
-                write=lambda rows: shards.write(uuid.uuid4().hex[:16], rows),
-                shard_size=shard_size, advance=lambda n: bar.advance(task, n),
-            )
+        with state.split_between_processes(todo) as mine:
+            bar = progress(RateColumn("images"), disable=not (show_progress and state.is_main_process))
+            with bar:
+                task = bar.add_task(f"Describing ({source})", total=len(mine))
+                described, failed = _describe_share(
+                    mine, gallery, describer, prompt, frames, batch_size, on_error,
+                    write=lambda rows: shards.write(uuid.uuid4().hex[:16], rows),
+                    shard_size=shard_size, advance=lambda n: bar.advance(task, n),
+                )
 
-    failed = [f for part in gather_object([failed]) for f in part]
-    described = sum(gather_object([described]))
-    state.wait_for_everyone()
-    if state.is_main_process:
-        new_rows = shards.rows()
-        if new_rows or overwrite or not final.is_dir():
-            merged = {row["image_id"]: row for row in kept}
-            merged.update((row["image_id"], row) for row in new_rows)
-            order = {image_id: i for i, image_id in enumerate(gallery)}
-            rows = sorted(merged.values(), key=lambda r: order.get(r["image_id"], len(order)))
-            if rows:  # every image failed: nothing to write (an empty dataset cannot be read back)
-                corpus.write_descriptions(source, rows)
-        shards.remove()
-    state.wait_for_everyone()
-    rows_written = len(corpus.description_rows(source)) if final.is_dir() else 0
-    return CaptionReport(final, len(chosen), already, described, rows_written, failed)
+        failed = [f for part in gather_object([failed]) for f in part]
+        described = sum(gather_object([described]))
+        state.wait_for_everyone()
+        if state.is_main_process:
+            new_rows = shards.rows()
+            if new_rows or overwrite or not final.is_dir():
+                merged = {row["image_id"]: row for row in kept}
+                merged.update((row["image_id"], row) for row in new_rows)
+                order = {image_id: i for i, image_id in enumerate(gallery)}
+                rows = sorted(merged.values(), key=lambda r: order.get(r["image_id"], len(order)))
+                if rows:  # every image failed: nothing to write (an empty dataset cannot be read back)
+                    corpus.write_descriptions(source, rows, generation)
+            shards.remove()
+        state.wait_for_everyone()
+        rows_written = len(corpus.description_rows(source)) if final.is_dir() else 0
+        return CaptionReport(final, len(chosen), already, described, rows_written, failed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,8 +25,10 @@ from leccr_cli.fs import atomic_write_text
 from leccr_cli.languages import check_language
 
 
-def _limits(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
-    return {"low": low, "high": high, "low_open": low_open}
+def _limits(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> dict:
+    return {"low": low, "high": high, "low_open": low_open, "high_open": high_open}
 
 
 def _positive() -> dict:
@@ -75,9 +78,19 @@ class DataConfig:
     test_split: str = "test"
     max_words: int = field(default=30, metadata=_positive())
     lowercase: bool = True
-    strip_punctuation: bool = True
+    # unicode: every Unicode punctuation mark (CJK "，。、" too); ascii: the reference's ASCII
+    # marks only; none: keep all. true/false (older recipes) mean unicode/none.
+    strip_punctuation: Literal["unicode", "ascii", "none"] = field(
+        default="unicode", metadata={"booleans": {True: "unicode", False: "none"}}
+    )
     train_transform: Literal["random_resized_crop", "resize_center_crop"] = "random_resized_crop"
     crop_scale_min: float = field(default=0.5, metadata=_limits(0.0, 1.0, low_open=True))
+    # a horizontal flip of half the training images; off by default, since flips swap the
+    # "left" and "right" of the captions
+    train_flip: bool = False
+    # evaluation images: short side to image_size and a centre crop, or the whole image
+    # resized to image_size x image_size (the reference's test transform)
+    eval_transform: Literal["center_crop", "resize"] = "center_crop"
     num_workers: int = field(default=0, metadata=_limits(0))
     video_features: str | None = None
 
@@ -149,6 +162,14 @@ class ModelConfig:
     slot_layers: int = field(default=3, metadata=_positive())
     interaction_layers: int = field(default=2, metadata=_positive())
     heads: int = field(default=8, metadata=_positive())
+    # a cross-attention layer: attention (dropout) -> Linear(d, mlp_ratio*d) -> GELU -> dropout
+    # -> Linear(mlp_ratio*d, d) -> dropout -> residual -> LayerNorm (reference: mlp_ratio 1, dropout 0.1)
+    mlp_ratio: int = field(default=4, metadata=_positive())
+    dropout: float = field(default=0.0, metadata=_limits(0.0, 1.0, high_open=True))
+    # the learned slot queries start as randn * 0.02 (normal) or as zeros (the reference)
+    slot_init: Literal["normal", "zeros"] = "normal"
+    # width of the description-vision projections; null = joint_dim (the reference: 512, the visual width)
+    description_vision_dim: int | None = field(default=None, metadata=_positive())
     temperature: float = field(default=0.07, metadata=_limits(0.0, 1.0, low_open=True))
     slots: bool = True
     interaction: bool = True
@@ -183,6 +204,11 @@ class OptimConfig:
     gradient_accumulation_steps: int = field(default=1, metadata=_positive())
     max_grad_norm: float | None = field(default=1.0, metadata=_limits(0.0, low_open=True))
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=_limits(0.0, 1.0, high_open=True))
+    eps: float = field(default=1e-8, metadata=_limits(0.0, low_open=True))
+    # which parameters get no weight decay: ndim (vectors and scalars: biases, norms, the
+    # temperature) or names (names containing "bias" or "norm", the reference's rule)
+    no_decay: Literal["ndim", "names"] = "ndim"
 
 
 @dataclass
@@ -196,6 +222,9 @@ class EvalConfig:
     # linear: fusion * global + (1 - fusion) * slot score; minmax: each score matrix min-max
     # scaled to [0, 1] over the whole matrix first (the reference's video scoring)
     fusion_mode: Literal["linear", "minmax"] = "linear"
+    # language: each language against its own images (the corpus's gallery of the language);
+    # all: every language against every image of the split
+    gallery: Literal["language", "all"] = "language"
     memory_budget_mb: int = field(default=1024, metadata=_limits(16))
 
 
@@ -249,7 +278,7 @@ def _range_text(meta: dict) -> str:
     if low is not None:
         parts.append(f"{'>' if meta.get('low_open') else '>='} {low:g}")
     if high is not None:
-        parts.append(f"<= {high:g}")
+        parts.append(f"{'<' if meta.get('high_open') else '<='} {high:g}")
     return " and ".join(parts)
 
 
@@ -287,7 +316,9 @@ class _Checker:
             return self.convert(inner[0], value, key, meta)
         if origin is Literal:
             choices = typing.get_args(tp)
-            if isinstance(value, bool):
+            if isinstance(value, bool) and "booleans" in (meta or {}):
+                value = meta["booleans"][value]
+            elif isinstance(value, bool):
                 # YAML 1.1 reads an unquoted `no` (or off/yes/on) as a boolean
                 spelled = [c for c in choices if str(c).lower() in (("no", "off", "false"), ("yes", "on", "true"))[value]]
                 value = spelled[0] if spelled else value
@@ -304,7 +335,7 @@ class _Checker:
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if not isinstance(value, list):
                 self.fail(key, f"expected {_describe(tp)}, got {value!r}")
-            return [self.convert(item, v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+            return [self.convert(item, v, f"{key}[{i}]", meta) for i, v in enumerate(value)]
         if origin is dict:
             if not isinstance(value, dict):
                 self.fail(key, f"expected a mapping, got {value!r}")
@@ -322,6 +353,8 @@ class _Checker:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 self.fail(key, f"expected a number, got {value!r}")
             value = float(value)
+            if not math.isfinite(value):
+                self.fail(key, f"got {value!r}, expected a finite number")
         elif tp is str:
             if not isinstance(value, str):
                 self.fail(key, f"expected a string, got {value!r}")
@@ -332,7 +365,7 @@ class _Checker:
     def check_range(self, key: str, value: float, meta: dict) -> None:
         low, high = meta.get("low"), meta.get("high")
         too_low = low is not None and (value <= low if meta.get("low_open") else value < low)
-        too_high = high is not None and value > high
+        too_high = high is not None and (value >= high if meta.get("high_open") else value > high)
         if too_low or too_high:
             self.fail(key, f"got {value!r}, must be {_range_text(meta)}")
 
@@ -401,6 +434,8 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
         raise RecipeError(
             f"{source}: eval.fusion_mode: 'minmax' needs eval.fusion, the weight of the global scores (the reference's video setting is 0.9)"
         )
+    if len(recipe.optim.betas) != 2:
+        raise RecipeError(f"{source}: optim.betas: expected two numbers [beta1, beta2], got {recipe.optim.betas}")
     if recipe.model.description_features == "cache" and recipe.model.description_encoder != "frozen":
         raise RecipeError(
             f"{source}: model.description_features: 'cache' needs model.description_encoder: frozen "
@@ -446,6 +481,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def read_recipe_file(path: str | Path) -> dict:
     """Read a recipe YAML file into a raw mapping (no validation)."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder", "give the path of a YAML recipe file, e.g. recipes/demo.yaml")
     if not path.is_file():
         raise RecipeError(f"recipe {path}: no such file", "give the path of a YAML recipe, e.g. recipes/demo.yaml")
     try:

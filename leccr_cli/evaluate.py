@@ -34,6 +34,7 @@ from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel, image_inputs, use
 from leccr_cli.runs import run_of_model
 
 FUSION_MODES = ("linear", "minmax")
+GALLERY_MODES = ("language", "all")
 
 
 def _loader(dataset, batch_size: int, collate, accelerator) -> DataLoader:
@@ -85,14 +86,18 @@ def encode_gallery(
     accelerator=None,
     batch_size: int | None = None,
     rebuild_from: str | None = None,
+    image_ids: Sequence[str] | None = None,
 ) -> tuple[list[str], ImageEmbeddings]:
-    """Embed every image (or video) of a split once: (image ids in gallery order, ImageEmbeddings).
+    """Embed the images (or videos) of a split once: (image ids in gallery order, ImageEmbeddings).
 
-    Descriptions are read when the model reads them (from the slot cache when its
-    `description_features` setting says so; `rebuild_from` names the recipe or run in the
-    rebuild hint of a missing cache, by default the run the model was loaded from).
+    `image_ids` (images of the split, in its order) limits the gallery; by default every
+    image of the split. Images are fitted as `data.eval_transform` says. Descriptions are
+    read when the model reads them (from the slot cache when its `description_features`
+    setting says so; `rebuild_from` names the recipe or run in the rebuild hint of a missing
+    cache, by default the run the model was loaded from).
     """
-    image_ids = corpus.image_ids(corpus.check_split(split))
+    corpus.check_split(split)
+    image_ids = list(corpus.image_ids(split) if image_ids is None else image_ids)
     descriptions = features = None
     if model.reads_descriptions:
         descriptions = check_descriptions(corpus, recipe.data.descriptions, image_ids)
@@ -104,7 +109,9 @@ def encode_gallery(
             rebuild_from=_rebuild_source(model, rebuild_from),
             descriptions=descriptions,
         )
-    transform = ImageTransform(model.image_size, model.image_mean, model.image_std, train=False)
+    transform = ImageTransform(
+        model.image_size, model.image_mean, model.image_std, train=False, fit=recipe.data.eval_transform
+    )
     visual = VisualSource(corpus, split, transform, recipe.data.video_features)
     gallery_set = GallerySet(image_ids, visual, descriptions if features is None else None, description_features=features)
     loader = _loader(gallery_set, batch_size or recipe.eval.batch_size, Collator.for_model(model, visual), accelerator)
@@ -151,7 +158,7 @@ def query_captions(corpus: Corpus, split: str, lang: str, translate_test: bool =
     """
     queries = corpus.captions(split, corpus.check_lang(lang), origin="human")
     if not queries:
-        raise CorpusError(f"corpus {corpus.path} has no human {lang} captions in split {split!r}")
+        raise _no_queries(corpus, split, lang)
     if not translate_test:
         return [q.text for q in queries], [q.image_id for q in queries]
     english = {c.source: c.text for c in corpus.captions(split) if c.lang == "en" and c.origin == "mt" and c.source}
@@ -163,6 +170,43 @@ def query_captions(corpus: Corpus, split: str, lang: str, translate_test: bool =
             f"make them with `leccr translate {corpus.path} --from {lang} --to en --split {split}`",
         )
     return [english[q.cap_id] for q in queries], [q.image_id for q in queries]
+
+
+def _query_languages(corpus: Corpus, split: str) -> list[str]:
+    return sorted({c.lang for c in corpus.captions(split, origin="human")})
+
+
+def _no_queries(corpus: Corpus, split: str, lang: str) -> CorpusError:
+    present = _query_languages(corpus, split)
+    return CorpusError(
+        f"corpus {corpus.path} has no human {lang} captions in split {split!r}, so no {lang} queries and no {lang} gallery "
+        f"(languages with captions there: {', '.join(present) or 'none'})",
+        "evaluate one of those (--lang, eval.langs), or a corpus with captions in this language",
+    )
+
+
+def check_eval_languages(corpus: Corpus, split: str, langs: Sequence[str]) -> None:
+    """Refuse, before any encoding, a language without human captions (queries) in the split."""
+    corpus.check_split(split)
+    present = set(_query_languages(corpus, split))
+    for lang in langs:
+        corpus.check_lang(lang)
+        if lang not in present:
+            raise _no_queries(corpus, split, lang)
+
+
+def language_galleries(corpus: Corpus, split: str, langs: Sequence[str], gallery: str) -> dict[str, list[str]]:
+    """The image ids each language is ranked against, in the split's order.
+
+    `language`: the language's own gallery (`Corpus.gallery`: its own image list where the
+    corpus has one, else every image of the split); `all`: every image of the split.
+    """
+    if gallery not in GALLERY_MODES:
+        raise EvaluationError(f"gallery {gallery!r}: expected one of {', '.join(GALLERY_MODES)}")
+    if gallery == "all":
+        images = corpus.image_ids(split)
+        return {lang: images for lang in langs}
+    return {lang: corpus.gallery(split, lang) for lang in langs}
 
 
 def evaluate_languages(
@@ -178,15 +222,22 @@ def evaluate_languages(
     translate_test: bool = False,
     batch_size: int | None = None,
     rebuild_from: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """Recall metrics of `model` on (split, lang) for every language; the gallery is embedded once.
+    gallery: str | None = None,
+) -> dict[str, dict]:
+    """Recall metrics of `model` on (split, lang) for every language.
+
+    Each language's queries are ranked against its gallery (`language_galleries`; `gallery`
+    defaults to the recipe's `eval.gallery`): the union of the galleries is embedded once,
+    and a language's score matrix is restricted to the columns of its own images. Every
+    result holds the metrics of `metrics_from_ranks` plus `gallery` (the mode), `gallery_size`
+    (images ranked) and `queries` (texts ranked).
 
     `fusion` α mixes the global and best-slot scores: `fusion_mode` 'linear' scores
     α·global + (1 − α)·slot, 'minmax' α·mm(global) + (1 − α)·mm(slot), each matrix min-max
-    scaled over all of the language's queries and the gallery (the reference's video scoring).
+    scaled over all of the language's queries and its gallery (the reference's video scoring).
     """
-    for lang in langs:
-        corpus.check_lang(lang)
+    gallery = gallery or recipe.eval.gallery
+    check_eval_languages(corpus, split, langs)
     if fusion_mode not in FUSION_MODES:
         raise EvaluationError(f"fusion mode {fusion_mode!r}: expected one of {', '.join(FUSION_MODES)}")
     if fusion is not None and not uses_slot_embeddings(model.config):
@@ -194,21 +245,36 @@ def evaluate_languages(
             "--fusion needs slot embeddings; this model has none",
             "it is a baseline, or multi_level_matching and english_guidance are both off",
         )
-    image_ids, gallery = encode_gallery(
-        model, corpus, split, recipe, accelerator=accelerator, batch_size=batch_size, rebuild_from=rebuild_from
+    galleries = language_galleries(corpus, split, langs, gallery)
+    wanted = set().union(*galleries.values())
+    union = [image_id for image_id in corpus.image_ids(split) if image_id in wanted]
+    image_ids, embeddings = encode_gallery(
+        model,
+        corpus,
+        split,
+        recipe,
+        accelerator=accelerator,
+        batch_size=batch_size,
+        rebuild_from=rebuild_from,
+        image_ids=union,
     )
-    column = {image_id: i for i, image_id in enumerate(image_ids)}
+    _check_finite(model, "image", embeddings.global_embeds, embeddings.slot_embeds)
+    row = {image_id: i for i, image_id in enumerate(image_ids)}
     results = {}
     for lang in langs:
+        own = galleries[lang]
+        columns = {image_id: i for i, image_id in enumerate(own)}
+        images = embeddings if own == image_ids else embeddings.select(torch.tensor([row[i] for i in own]))
         texts, owners = query_captions(corpus, split, lang, translate_test)
         text_embeds = encode_texts(model, texts, recipe, accelerator=accelerator, batch_size=batch_size)
-        text_embeds = text_embeds.to(gallery.global_embeds.device)
+        text_embeds = text_embeds.to(images.global_embeds.device)
+        _check_finite(model, "text", text_embeds)
 
         budget = recipe.eval.memory_budget_mb
-        score_rows = _score_rows(model, text_embeds, gallery, fusion, fusion_mode, budget)
-        labels = torch.tensor([column[i] for i in owners])
-        ranks = retrieval_ranks_from_rows(score_rows, len(texts), len(image_ids), labels, memory_budget_mb=budget)
-        results[lang] = metrics_from_ranks(ranks)
+        score_rows = _score_rows(model, text_embeds, images, fusion, fusion_mode, budget)
+        labels = torch.tensor([columns[i] for i in owners])
+        ranks = retrieval_ranks_from_rows(score_rows, len(texts), len(own), labels, memory_budget_mb=budget)
+        results[lang] = {**metrics_from_ranks(ranks), "gallery": gallery, "gallery_size": len(own), "queries": len(texts)}
     return results
 
 
@@ -234,17 +300,30 @@ def _score_rows(model: LeccrModel, text_embeds, gallery: ImageEmbeddings, fusion
     )
 
 
+def _check_finite(model: LeccrModel, what: str, *embeddings) -> None:
+    """Refuse NaN or infinite embeddings: the model's weights are broken, not the scoring."""
+    if all(e is None or bool(torch.isfinite(e).all()) for e in embeddings):
+        return
+    where = f" ({model.source_folder})" if model.source_folder is not None else ""
+    raise ModelError(
+        f"the model{where} gives NaN or infinite {what} embeddings: its weights are not finite",
+        "its training diverged: train again with a lower optim.lr or with optim.max_grad_norm set",
+    )
+
+
 def eval_languages(corpus: Corpus, split: str, requested: Sequence[str], default: Sequence[str]) -> list[str]:
-    """The languages to evaluate: `requested` (`all` = every language with human captions in the split), else `default`."""
+    """The languages to evaluate: `requested` (`all` = every language with human captions in the split), else `default`.
+
+    A language without human captions in the split is refused with one line.
+    """
     corpus.check_split(split)
     if list(requested) == ["all"]:
-        langs = sorted({c.lang for c in corpus.captions(split, origin="human")})
+        langs = _query_languages(corpus, split)
         if not langs:
             raise CorpusError(f"corpus {corpus.path} has no human captions in split {split!r}")
         return langs
     if "all" in requested:
         raise EvaluationError("--lang all cannot be combined with other languages")
     langs = list(dict.fromkeys(requested or default))
-    for lang in langs:
-        corpus.check_lang(lang)
+    check_eval_languages(corpus, split, langs)
     return langs

@@ -25,7 +25,9 @@ takes one more pass to gather the ground-truth scores first.
 from __future__ import annotations
 
 import json
+import math
 import operator
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -262,16 +264,49 @@ def metrics_table(rows: dict[str, dict[str, float]], title: str, row_header: str
     return table
 
 
-def write_metrics_json(metrics: dict[str, float], path: str | Path) -> Path:
-    """Write `metrics` as JSON to `path` atomically (a temporary name, then a rename)."""
-    return atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+def _finite_or_null(value):
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def check_json_path(path: str | Path) -> Path:
+    """Refuse a JSON output path that is a folder or cannot be written, before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise EvaluationError(f"--json {path} is a folder", f"give a file name, e.g. {path / 'metrics.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise EvaluationError(f"--json {path}: {folder} is not a folder", "give a path inside a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise EvaluationError(f"--json {path}: cannot write there (permission denied)", "give a path you can write to")
+    return path
+
+
+def write_metrics_json(metrics: dict, path: str | Path) -> Path:
+    """Write `metrics` as strict JSON (NaN and infinities as null) to `path` atomically."""
+    text = json.dumps(_finite_or_null(metrics), indent=2, allow_nan=False) + "\n"
+    try:
+        return atomic_write_text(path, text)
+    except OSError as error:
+        raise EvaluationError(f"cannot write {path} ({error.strerror or error})", "give a path you can write to") from None
+
+
+def _check_input_file(path: Path, what: str, hint: str) -> None:
+    if path.is_dir():
+        raise EvaluationError(f"{path} is a folder, not {what}", hint)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: no such file", hint)
 
 
 def load_score_matrix(path: str | Path) -> Tensor:
     """The [texts, images] score matrix saved in a .safetensors file: key `scores`, or its only tensor."""
     path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: no such file", "pass a .safetensors file holding the [texts, images] score matrix")
+    _check_input_file(path, "a score file", "pass a .safetensors file holding the [texts, images] score matrix")
     try:
         with safe_open(str(path), framework="pt") as file:
             keys = list(file.keys())
@@ -288,9 +323,16 @@ def load_score_matrix(path: str | Path) -> Tensor:
 def load_labels(path: str | Path) -> list[int]:
     """Image index of every text: a text file with one integer per line, or a JSON list of integers."""
     path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: no such file", "pass a file with one image index per text (row)")
-    text = path.read_text(encoding="utf-8")
+    _check_input_file(path, "a labels file", "pass a file with one image index per text (row)")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise EvaluationError(
+            f"{path}, line {line}: not UTF-8 ({error.reason} at byte {error.start})",
+            "write the image indices as plain UTF-8 text",
+        ) from None
     if path.suffix.lower() == ".json":
         try:
             values = json.loads(text)
@@ -303,7 +345,7 @@ def load_labels(path: str | Path) -> list[int]:
                 raise EvaluationError(f"{path}: entry {j} is {value!r}, not an integer image index")
     else:
         values = []
-        for number, line in enumerate(text.rstrip().splitlines(), start=1):
+        for number, line in enumerate(text.rstrip().split("\n") if text.strip() else [], start=1):
             try:
                 values.append(int(line.strip()))
             except ValueError:
@@ -313,6 +355,12 @@ def load_labels(path: str | Path) -> list[int]:
                 ) from None
     if not values:
         raise EvaluationError(f"{path} holds no labels", "write one image index per text (row of the scores)")
+    huge = next((j for j, value in enumerate(values) if not -(2**63) <= value < 2**63), None)
+    if huge is not None:
+        raise EvaluationError(
+            f"{path}: label {huge} ({values[huge]}) is beyond any image index (a 64-bit integer)",
+            "write the 0-based image column of every text",
+        )
     return values
 
 

@@ -138,6 +138,7 @@ def training_data(recipe: Recipe, corpus: Corpus, model: LeccrModel, *, rebuild_
             model.image_std,
             train=data.train_transform == "random_resized_crop",
             crop_scale_min=data.crop_scale_min,
+            flip=data.train_flip,
         )
     visual = VisualSource(corpus, split, transform, data.video_features)
     dataset = TrainingSet(
@@ -158,20 +159,34 @@ def check_gallery_caches(recipe: Recipe, corpus: Corpus, model: LeccrModel, *, r
             open_slot_cache(model, corpus, split, recipe.data.descriptions, rebuild_from=rebuild_from)
 
 
+def decays(name: str, parameter: torch.nn.Parameter, rule: str) -> bool:
+    """Whether weight decay applies to a parameter under `optim.no_decay`.
+
+    `ndim`: matrices and higher (no decay on biases, norm weights, the temperature);
+    `names`: every parameter whose name contains neither "bias" nor "norm" (any case), the
+    reference's rule (it also decays the temperature and the slot queries).
+    """
+    if rule == "names":
+        lowered = name.lower()
+        return "bias" not in lowered and "norm" not in lowered
+    return parameter.ndim >= 2
+
+
 def build_optimizer(model: LeccrModel, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters: encoders at `optim.lr`, new layers at `lr * new_layer_lr_scale`;
-    weight decay on matrices only."""
+    """AdamW (`optim.betas`, `optim.eps`) over the trainable parameters: encoders at `optim.lr`,
+    new layers at `lr * new_layer_lr_scale`; weight decay as `optim.no_decay` says (`decays`)."""
     optim = recipe.optim
+    names = {id(p): name for name, p in model.named_parameters()}
     groups = []
     for params, lr in ((model.pretrained_parameters(), optim.lr), (model.new_parameters(), optim.lr * optim.new_layer_lr_scale)):
         params = [p for p in params if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
+        decay = [p for p in params if decays(names[id(p)], p, optim.no_decay)]
+        no_decay = [p for p in params if not decays(names[id(p)], p, optim.no_decay)]
         groups += [
             {"params": decay, "lr": lr, "weight_decay": optim.weight_decay},
             {"params": no_decay, "lr": lr, "weight_decay": 0.0},
         ]
-    return torch.optim.AdamW([g for g in groups if g["params"]])
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=tuple(optim.betas), eps=optim.eps)
 
 
 def build_scheduler(optimizer, recipe: Recipe, total_steps: int, num_processes: int):

@@ -9,13 +9,17 @@ runs/<name>/
   train_log.jsonl             loss, lr, loss terms and seconds, every `train.log_every_steps` steps
   logs/                       tracker logs (TensorBoard) when `train.log_with` says so
   eval/<lang>-<split>.json    test metrics of the best model, and what `leccr evaluate` writes
+                              (-gallery-all, -fusion<A>, -translate-test for the other modes)
 ```
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterable
@@ -24,7 +28,7 @@ import yaml
 
 from leccr_cli.config import Recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from leccr_cli.errors import RunError
-from leccr_cli.fs import atomic_write_text
+from leccr_cli.fs import atomic_write_text, clear_folder, is_empty_folder, recover, replace_directory, temporary_sibling
 from leccr_cli.metrics import write_metrics_json
 from leccr_cli.model.factory import load_model
 from leccr_cli.model.leccr import LeccrModel
@@ -59,7 +63,7 @@ def default_run_dir(recipe: Recipe, runs_root: Path = DEFAULT_RUNS_ROOT) -> Path
     """runs/<name>, or runs/<name>-2, -3, ... when taken."""
     candidate = runs_root / recipe.name
     number = 1
-    while candidate.exists() and any(candidate.iterdir()):
+    while candidate.exists() and not is_empty_folder(candidate):
         number += 1
         candidate = runs_root / f"{recipe.name}-{number}"
     return candidate
@@ -112,7 +116,10 @@ def find_checkpoint(resume: str, run_dir: Path) -> Path:
             raise RunError(f"--resume {resume}: not a checkpoint folder (runs/NAME/checkpoints/step_N) nor a run folder")
     found = checkpoint_dirs(run_dir)
     if not found:
-        raise RunError(f"--resume latest: {run_dir} has no checkpoints", "start a fresh run instead (drop --resume)")
+        raise RunError(
+            f"--resume: {run_dir} has no checkpoint (the run stopped before its first one): there is nothing to resume",
+            f"start it again: drop --resume and pass --overwrite (`--output {run_dir} --overwrite`)",
+        )
     return found[-1]
 
 
@@ -127,12 +134,17 @@ def finish_checkpoint(run_dir: Path, step: int, keep: int) -> Path:
     A killed run therefore never leaves a checkpoint that looks finished.
     """
     target = run_dir / CHECKPOINTS_DIR / f"step_{step}"
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(partial_checkpoint_dir(run_dir, step), target)
+    replace_directory(partial_checkpoint_dir(run_dir, step), target)
     for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_checkpoint(old)
     return target
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint; it is renamed aside first, so a kill never leaves half of one that looks finished."""
+    aside = temporary_sibling(folder, "old")
+    os.replace(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------ preparing runs
@@ -163,7 +175,12 @@ def check_run_dir(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: boo
                 "resume with the same recipe and --set overrides, or start a new run",
             )
         return
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+    if run_dir.exists() and not is_empty_folder(run_dir) and not overwrite:
+        if is_run(run_dir) and not checkpoint_dirs(run_dir):
+            raise RunError(
+                f"{run_dir} holds a run that stopped before its first checkpoint: there is nothing to resume",
+                "pass --overwrite to start it again, or --output for a new folder",
+            )
         raise RunError(
             f"{run_dir} already holds a run",
             "pass --resume latest to continue it, --overwrite to replace it, or --output for a new folder",
@@ -173,7 +190,7 @@ def check_run_dir(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: boo
 def create_run_dir(recipe: Recipe, run_dir: Path, *, overwrite: bool) -> None:
     """(Main process) make a fresh run folder holding the resolved recipe and an empty metrics log."""
     if run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)
+        clear_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / RECIPE_FILE)
     (run_dir / METRICS_FILE).write_text("", encoding="utf-8")
@@ -198,6 +215,7 @@ def load_run(run_dir: str | Path) -> tuple[Recipe, LeccrModel]:
     """(recipe, best model) of a run folder; a missing folder or `model/` is a `RunError`."""
     run_dir = Path(run_dir)
     recipe = read_run_recipe(run_dir)
+    recover(run_dir / MODEL_DIR)  # training replaces model/ at every better validation
     if not (run_dir / MODEL_DIR / "config.json").is_file():
         raise RunError(
             f"run {run_dir} has no {MODEL_DIR}/ yet",
@@ -209,11 +227,31 @@ def load_run(run_dir: str | Path) -> tuple[Recipe, LeccrModel]:
 # ------------------------------------------------------------------------ logs and eval files
 
 
+def strict_json(record: dict) -> str:
+    """One record as strict JSON: NaN and infinite numbers become null."""
+    return json.dumps(
+        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}, allow_nan=False
+    )
+
+
 def append_records(path: Path, records: Iterable[dict]) -> None:
-    """Append one JSON line per record to a run's log (metrics.jsonl, train_log.jsonl)."""
+    """Append one strict JSON line per record to a run's log (metrics.jsonl, train_log.jsonl)."""
+    text = "".join(strict_json(record) + "\n" for record in records)
     with path.open("a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
+        handle.write(text)
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON lines of a run's log; a line cut short by a kill is skipped."""
+    records = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def drop_records_after(path: Path, step: int, final_split: str) -> None:
@@ -223,21 +261,52 @@ def drop_records_after(path: Path, step: int, final_split: str) -> None:
     """
     if not path.is_file():
         return
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    kept = [json.dumps(r) for r in records if r.get("step", 0) <= step and r.get("split") != final_split]
+    kept = [strict_json(r) for r in read_records(path) if r.get("step", 0) <= step and r.get("split") != final_split]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def eval_json_name(
-    lang: str, split: str, fusion: float | None = None, translate_test: bool = False, fusion_mode: str = "linear"
+    lang: str,
+    split: str,
+    fusion: float | None = None,
+    translate_test: bool = False,
+    fusion_mode: str = "linear",
+    gallery: str = "language",
+    corpus: str | None = None,
 ) -> str:
-    """eval/<lang>-<split>.json, with -fusion<A> (linear) or -minmax<A> and -translate-test for the other scoring modes."""
+    """eval/<lang>-<split>.json, with -fusion<A> (linear) or -minmax<A>, -translate-test and -gallery-all for
+    the other scoring modes, and -on-<corpus> when the queries and gallery come from another corpus than the run's."""
     name = f"{lang}-{split}"
     if fusion is not None:
         name += f"-{'minmax' if fusion_mode == 'minmax' else 'fusion'}{fusion:g}"
     if translate_test:
         name += "-translate-test"
+    if gallery != "language":
+        name += f"-gallery-{gallery}"
+    if corpus is not None:
+        name += f"-on-{re.sub(r'[^A-Za-z0-9._-]+', '_', corpus).strip('_') or 'corpus'}"
     return f"{name}.json"
+
+
+def other_corpus_label(recipe: Recipe, corpus_name: str, corpus_path: Path) -> str | None:
+    """None when `corpus_path` is the run's own corpus, else the name its eval files carry.
+
+    That is the corpus's name, with a hash of its path when the run's corpus has the same name.
+    """
+    own = Path(recipe.data.corpus).expanduser().resolve()
+    evaluated = Path(corpus_path).expanduser().resolve()
+    if evaluated == own:
+        return None
+    if corpus_name != _corpus_name(own):
+        return corpus_name
+    return f"{corpus_name}-{hashlib.sha1(str(evaluated).encode('utf-8')).hexdigest()[:8]}"
+
+
+def _corpus_name(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "corpus.json").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_eval_json(
@@ -249,9 +318,27 @@ def write_eval_json(
     fusion: float | None = None,
     translate_test: bool = False,
     fusion_mode: str = "linear",
+    gallery: str = "language",
+    corpus: Path | None = None,
+    corpus_label: str | None = None,
 ) -> Path:
-    """Write the metrics (and how they were scored) to eval/<name> in a run folder (see `eval_json_name`)."""
-    mode = fusion_mode if fusion is not None else None
-    record = {"lang": lang, "split": split, "fusion": fusion, "fusion_mode": mode, "translate_test": translate_test, **metrics}
-    name = eval_json_name(lang, split, fusion, translate_test, fusion_mode)
+    """Write the metrics (and how they were scored: fusion and its mode, translate-test, gallery mode and
+    size) to eval/<name> in a run folder (see `eval_json_name`).
+
+    `corpus` (the corpus folder evaluated) is recorded; `corpus_label` names another corpus than
+    the run's in the file name, so the run's own results are never overwritten by it.
+    """
+    record = {
+        "lang": lang,
+        "split": split,
+        "fusion": fusion,
+        "fusion_mode": fusion_mode if fusion is not None else None,
+        "translate_test": translate_test,
+        "gallery": gallery,
+        "corpus": None if corpus is None else str(corpus),
+        **metrics,
+    }
+    name = eval_json_name(
+        lang, split, fusion, translate_test, fusion_mode=fusion_mode, gallery=gallery, corpus=corpus_label
+    )
     return write_metrics_json(record, Path(run_dir) / EVAL_DIR / name)

@@ -20,6 +20,7 @@ from leccr_cli.data.loading import check_descriptions
 from leccr_cli.data.slot_cache import SlotCache, cache_path, encoder_slug, slot_identity, write_slot_file
 from leccr_cli.devices import parse_dtype, select_device
 from leccr_cli.errors import CorpusError, LeccrError, RecipeError
+from leccr_cli.fs import disk_full_reported
 from leccr_cli.model.leccr import LeccrModel
 from leccr_cli.pipeline import build_model_for, ensure_corpus, resolve_paths
 from leccr_cli.runs import load_run
@@ -105,38 +106,40 @@ def build_slots(
     description_source = recipe.data.descriptions
 
     reports = []
-    for split in chosen:
-        image_ids = corpus.image_ids(split)
-        descriptions = check_descriptions(corpus, description_source, image_ids)
-        identity = slot_identity(model, description_source, image_ids, descriptions)
-        path = cache_path(corpus, encoder_slug(model.config, identity.encoder_weights), split)
-        if path.is_file() and not overwrite:
-            existing = SlotCache.open(path)
-            differences = existing.identity.differences(identity)
-            if differences:
-                raise CorpusError(
-                    f"{path} exists and does not match this model and corpus (what differs: {'; '.join(differences)})",
-                    f"pass --overwrite to rebuild it (`leccr build-slots {source} --split {split} --overwrite`)",
+    on_full = f"finished splits are kept in {corpus.path / 'slots'}; rerun the same command to build the rest"
+    with corpus.writing(), disk_full_reported(corpus.path, on_full):
+        for split in chosen:
+            image_ids = corpus.image_ids(split)
+            descriptions = check_descriptions(corpus, description_source, image_ids)
+            identity = slot_identity(model, description_source, image_ids, descriptions)
+            path = cache_path(corpus, encoder_slug(model.config, identity.encoder_weights), split)
+            if path.is_file() and not overwrite:
+                existing = SlotCache.open(path)
+                differences = existing.identity.differences(identity)
+                if differences:
+                    raise CorpusError(
+                        f"{path} exists and does not match this model and corpus (what differs: {'; '.join(differences)})",
+                        f"pass --overwrite to rebuild it (`leccr build-slots {source} --split {split} --overwrite`)",
+                    )
+                reports.append(
+                    SplitReport(split, path, "up to date", len(existing), max(existing.lengths), existing.dtype, path.stat().st_size)
                 )
-            reports.append(
-                SplitReport(split, path, "up to date", len(existing), max(existing.lengths), existing.dtype, path.stat().st_size)
-            )
-            continue
-        texts = [descriptions[i] for i in image_ids]
-        bar = progress()
-        with bar:
-            task = bar.add_task(f"encoding {split} descriptions", total=len(texts))
-            write_slot_file(
-                path,
-                model,
-                texts,
-                image_ids,
-                identity,
-                batch_size=batch_size,
-                dtype=dtype,
-                device=target,
-                on_batch=lambda rows: bar.advance(task, rows),
-            )
-        built = SlotCache.open(path)
-        reports.append(SplitReport(split, path, "built", len(built), max(built.lengths), dtype, path.stat().st_size))
+                continue
+            texts = [descriptions[i] for i in image_ids]
+            bar = progress()
+            with bar:
+                task = bar.add_task(f"encoding {split} descriptions", total=len(texts))
+                write_slot_file(
+                    path,
+                    model,
+                    texts,
+                    image_ids,
+                    identity,
+                    batch_size=batch_size,
+                    dtype=dtype,
+                    device=target,
+                    on_batch=lambda rows: bar.advance(task, rows),
+                )
+            built = SlotCache.open(path)
+            reports.append(SplitReport(split, path, "built", len(built), max(built.lengths), dtype, path.stat().st_size))
     return reports

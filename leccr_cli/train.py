@@ -8,24 +8,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
+import shlex
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration
 from rich.progress import TextColumn
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 
+from leccr_cli.checkpoints import (
+    check_checkpoint,
+    checkpoint_error,
+    damaged_file,
+    load_rng_state,
+    save_rng_state,
+    write_loop_state,
+)
 from leccr_cli.config import Recipe, recipe_to_dict
 from leccr_cli.console import console, err_console, progress
 from leccr_cli.data.corpus import Corpus
-from leccr_cli.errors import LeccrError
-from leccr_cli.evaluate import evaluate_languages
+from leccr_cli.errors import LeccrError, RunError
+from leccr_cli.evaluate import check_eval_languages, evaluate_languages
+from leccr_cli.fs import free_space, is_disk_full, is_empty_folder, writer_lock
 from leccr_cli.metrics import metrics_table
 from leccr_cli.model.factory import load_model
 from leccr_cli.pipeline import (
@@ -45,6 +59,7 @@ from leccr_cli.runs import (
     TRAIN_LOG_FILE,
     append_records,
     check_run_dir,
+    checkpoint_dirs,
     choose_run_dir,
     create_run_dir,
     drop_records_after,
@@ -57,20 +72,13 @@ from leccr_cli.runs import (
 
 @dataclass
 class TrainState:
-    """Loop counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+    """Loop counters saved with every checkpoint (as JSON: `leccr_cli.checkpoints.write_loop_state`)."""
 
     global_step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
     best_score: float = -math.inf
     best_step: int = -1
-
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
 
 
 @dataclass
@@ -122,12 +130,15 @@ def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
 class _Loop:
     """The prepared objects of one run and what the loop does between optimiser steps."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, corpus: Corpus, accelerator: Accelerator, rebuild_from: str):
+    def __init__(
+        self, recipe: Recipe, run_dir: Path, corpus: Corpus, accelerator: Accelerator, rebuild_from: str, commands: "_Commands"
+    ):
         self.recipe = recipe
         self.run_dir = run_dir
         self.corpus = corpus
         self.accelerator = accelerator
         self.rebuild_from = rebuild_from
+        self.commands = commands
         self.state = TrainState()
         self.eval_langs = recipe.eval.langs or recipe.data.target_langs
         self.started = time.perf_counter()
@@ -143,6 +154,7 @@ class _Loop:
             fusion=self.recipe.eval.fusion,
             fusion_mode=self.recipe.eval.fusion_mode,
             rebuild_from=self.rebuild_from,
+            gallery=self.recipe.eval.gallery,
         )
 
     def validate(self, model) -> None:
@@ -163,13 +175,28 @@ class _Loop:
         model.train()
 
     def save_checkpoint(self) -> None:
-        """accelerate's state under a hidden name, renamed into place when every process has written."""
-        step = self.state.global_step
-        self.accelerator.save_state(str(partial_checkpoint_dir(self.run_dir, step)))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+        """accelerate's state, the random states and the loop state (no pickles) under a hidden name,
+        renamed into place when every process has written."""
+        accelerator, step = self.accelerator, self.state.global_step
+        partial = partial_checkpoint_dir(self.run_dir, step)
+        try:
+            accelerator.save_state(str(partial))
+            save_rng_state(partial, accelerator.process_index)
+            if accelerator.is_main_process:
+                loop_state = {**asdict(self.state), "accelerator_step": accelerator.step, "processes": accelerator.num_processes}
+                write_loop_state(partial, loop_state)
+        except (OSError, RuntimeError, SafetensorError) as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            full = "disk full" if is_disk_full(error) else f"{type(error).__name__}: {str(error).strip()[:160]}"
+            raise RunError(
+                f"cannot write checkpoint {partial.parent / f'step_{step}'} ({full}; {free_space(partial)} free there); "
+                + self.commands.kept(),
+                "free some space (or fix the folder), then " + self.commands.resume_hint(),
+            ) from None
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
             finish_checkpoint(self.run_dir, step, self.recipe.train.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
 
     def log_step(self, loss: float, lr: float, terms: dict[str, float]) -> None:
         step = self.state.global_step
@@ -187,7 +214,20 @@ class _Loop:
             append_records(self.run_dir / TRAIN_LOG_FILE, [{**record, **terms}])
 
     def resume(self, checkpoint: Path) -> None:
-        self.accelerator.load_state(str(checkpoint))
+        """Restore model, optimiser, schedule (accelerate), random states and loop counters (leccr's own files)."""
+        accelerator = self.accelerator
+        saved = check_checkpoint(checkpoint, accelerator.num_processes, accelerator.scaler is not None)
+        try:
+            accelerator.load_state(str(checkpoint))
+        except Exception as error:  # noqa: BLE001 - any failure to read a checkpoint file is named below
+            damaged = damaged_file(checkpoint)
+            if damaged is None:
+                raise
+            raise checkpoint_error(checkpoint, f"{damaged[0]} is damaged or not a checkpoint file ({damaged[1]})") from error
+        load_rng_state(checkpoint, accelerator.process_index)
+        accelerator.step = saved["accelerator_step"]
+        for key in asdict(self.state):
+            setattr(self.state, key, saved[key])
         if self.accelerator.is_main_process:
             # lines logged after this checkpoint by the interrupted run are logged again as it replays
             for log in (METRICS_FILE, TRAIN_LOG_FILE):
@@ -211,6 +251,7 @@ class _Loop:
                     try:
                         with accelerator.accumulate(model):
                             output = model(batch, self.recipe.loss)
+                            self.check_finite(output)
                             accelerator.backward(output.loss)
                             if accelerator.sync_gradients and optim.max_grad_norm:
                                 accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
@@ -239,6 +280,26 @@ class _Loop:
                 state.batches_in_epoch = 0
         return last_loss
 
+    def check_finite(self, output) -> None:
+        """Stop at once, before the optimiser step, when the loss of a batch is not finite (on any process)."""
+        bad = not bool(torch.isfinite(output.loss.detach()))
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(bad)], device=self.accelerator.device)
+            bad = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        if not bad:
+            return
+        terms = [name for name, value in output.terms.items() if not bool(torch.isfinite(value))]
+        value = output.loss.detach().item()
+        what = f"non-finite terms: {', '.join(terms)}" if terms else "every term is finite, their weighted sum is not"
+        checkpoints = checkpoint_dirs(self.run_dir)
+        last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
+        optim = self.recipe.optim
+        raise RunError(
+            f"training diverged at step {self.state.global_step + 1}: the loss is {value} ({what}); {last}",
+            f"lower optim.lr (now {optim.lr:g}) or set optim.max_grad_norm (now {optim.max_grad_norm}, e.g. 1.0), "
+            f"then start again: {self.commands.restart()}",
+        )
+
     def test_best(self) -> dict[str, dict[str, float]]:
         """The best model (model/) on the test split, written to metrics.jsonl and eval/ and printed."""
         best = load_model(self.run_dir / MODEL_DIR).to(self.accelerator.device)
@@ -249,11 +310,43 @@ class _Loop:
             append_records(self.run_dir / METRICS_FILE, ({**where, "lang": lang, **m} for lang, m in results.items()))
             for lang, metrics in results.items():
                 write_eval_json(
-                    self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion, fusion_mode=self.recipe.eval.fusion_mode
+                    self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion,
+                    fusion_mode=self.recipe.eval.fusion_mode, gallery=self.recipe.eval.gallery, corpus=self.corpus.path,
                 )
             title = f"{self.run_dir.name}: best model (step {self.state.best_step}) on {split}"
             console.print(metrics_table(results, title=title))
         return results
+
+
+class _Commands:
+    """The commands that continue or restart a run, and what it keeps, for messages."""
+
+    def __init__(self, recipe_file, overrides: Sequence[str], run_dir: Path, processes: int):
+        self.base = ["leccr", "train", str(recipe_file or "RECIPE.yaml"), "--output", str(run_dir)]
+        for override in overrides:
+            self.base += ["--set", override]
+        self.run_dir = run_dir
+        self.launcher = " (with the same launcher and number of processes)" if processes > 1 else ""
+
+    def resume(self) -> str:
+        return f"`{shlex.join(self.base + ['--resume', 'latest'])}`{self.launcher}"
+
+    def restart(self) -> str:
+        return f"`{shlex.join(self.base + ['--overwrite'])}`{self.launcher}"
+
+    def kept(self) -> str:
+        found = checkpoint_dirs(self.run_dir)
+        if not found:
+            return f"{self.run_dir} has no checkpoint yet"
+        return f"{self.run_dir} keeps {', '.join(p.name for p in found)} and its logs"
+
+    def resume_hint(self) -> str:
+        return f"continue with {self.resume()}" if checkpoint_dirs(self.run_dir) else f"start again with {self.restart()}"
+
+
+def _nothing_to_keep(run_dir: Path) -> bool:
+    """A run folder without a checkpoint or a model holds nothing worth keeping."""
+    return not checkpoint_dirs(run_dir) and not (run_dir / MODEL_DIR).exists()
 
 
 def train(
@@ -264,18 +357,60 @@ def train(
     overwrite: bool = False,
     runs_root: str | Path = "runs",
     recipe_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> TrainResult:
     """Train LECCR as the recipe says; returns the run folder and its best validation/test numbers.
 
-    `recipe_file` (the recipe's path, when it came from one) only names it in hints.
+    `recipe_file` (the recipe's path, when it came from one) and `overrides` (its `--set`
+    values) only name it in hints. The main process holds the run folder's writer lock
+    (`leccr_cli.fs.writer_lock`) throughout: a second `leccr train` into the same folder is
+    refused. A fresh run that stops before its first checkpoint (an error, Ctrl-C) leaves no
+    run folder behind.
     """
     recipe = resolve_paths(recipe)
     rebuild_from = str(recipe_file) if recipe_file is not None else "RECIPE"
-    # -- where the run goes (nothing is created before the data has been checked)
+    # -- where the run goes (every process decides the same before anything is created)
     run_dir = choose_run_dir(recipe, output_dir, resume, Path(runs_root))
-    check_run_dir(recipe, run_dir, resume=resume is not None, overwrite=overwrite)
-    checkpoint = find_checkpoint(resume, run_dir) if resume is not None else None
     accelerator = _make_accelerator(recipe, run_dir)
+    commands = _Commands(recipe_file, overrides, run_dir, accelerator.num_processes)
+    accelerator.wait_for_everyone()
+    existed = run_dir.exists()
+    main = accelerator.is_main_process
+    with writer_lock(run_dir) if main else contextlib.nullcontext():
+        fresh = False
+        try:
+            check_run_dir(recipe, run_dir, resume=resume is not None, overwrite=overwrite)
+            checkpoint = find_checkpoint(resume, run_dir) if resume is not None else None
+            fresh = checkpoint is None
+            return _train_locked(recipe, run_dir, checkpoint, overwrite, accelerator, rebuild_from, commands)
+        except BaseException as error:
+            if main and run_dir.is_dir():
+                # nothing to resume: remove the folder, so that the next try starts clean
+                removable = (not existed and is_empty_folder(run_dir)) or (fresh and _nothing_to_keep(run_dir))
+                if isinstance(error, KeyboardInterrupt):
+                    if removable:
+                        message = (
+                            f"stopped before the first checkpoint: nothing to resume, so {run_dir} is removed; "
+                            f"start again with `{shlex.join(commands.base)}`"
+                        )
+                    else:
+                        message = f"{commands.kept()}; continue with {commands.resume()}"
+                    err_console.print(f"[yellow]interrupted:[/] {message}", soft_wrap=True, highlight=False)
+                if removable:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _train_locked(
+    recipe: Recipe,
+    run_dir: Path,
+    checkpoint: Path | None,
+    overwrite: bool,
+    accelerator: Accelerator,
+    rebuild_from: str,
+    commands: _Commands,
+) -> TrainResult:
+    """`train` once the run folder is chosen, checked and locked."""
     world = accelerator.num_processes
     per_device = per_device_batch_size(recipe, world)
 
@@ -283,6 +418,8 @@ def train(
     corpus = ensure_corpus(recipe, accelerator)
     model = build_model_for(recipe, corpus)
     data = training_data(recipe, corpus, model, rebuild_from=rebuild_from)
+    for split in (recipe.data.val_split, recipe.data.test_split):
+        check_eval_languages(corpus, split, recipe.eval.langs or recipe.data.target_langs)
     check_gallery_caches(recipe, corpus, model, rebuild_from=rebuild_from)
 
     # -- the run folder (decided above, so every process agrees before the main one creates it)
@@ -308,26 +445,34 @@ def train(
     scheduler = build_scheduler(optimizer, recipe, total_steps, world)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    loop = _Loop(recipe, run_dir, corpus, accelerator, rebuild_from)
-    accelerator.register_for_checkpointing(loop.state)
+    loop = _Loop(recipe, run_dir, corpus, accelerator, rebuild_from, commands)
     if checkpoint is not None:
         loop.resume(checkpoint)
     if recipe.train.log_with != "none":
         accelerator.init_trackers(recipe.name, config=_flatten(recipe_to_dict(recipe)))
     eval_every = recipe.eval.every_steps or steps_per_epoch
-    last_loss = loop.run(
-        model,
-        optimizer,
-        scheduler,
-        loader,
-        data.dataset,
-        total_steps=total_steps,
-        epochs=epochs,
-        per_device=per_device,
-        eval_every=eval_every,
-        checkpoint_every=recipe.train.checkpoint_every_steps or eval_every,
-    )
-    test_results = loop.test_best()
+    try:
+        last_loss = loop.run(
+            model,
+            optimizer,
+            scheduler,
+            loader,
+            data.dataset,
+            total_steps=total_steps,
+            epochs=epochs,
+            per_device=per_device,
+            eval_every=eval_every,
+            checkpoint_every=recipe.train.checkpoint_every_steps or eval_every,
+        )
+        test_results = loop.test_best()
+    except (OSError, RuntimeError, SafetensorError) as error:  # writing model/, logs or eval files
+        if not is_disk_full(error):
+            raise
+        where = getattr(error, "filename", None) or run_dir
+        raise RunError(
+            f"disk full while writing {where} ({free_space(run_dir)} free there); {commands.kept()}",
+            "free some space, then " + commands.resume_hint(),
+        ) from None
     accelerator.end_training()
     state = loop.state
     return TrainResult(run_dir, state.global_step, state.best_step, state.best_score, test_results, last_loss)

@@ -15,6 +15,7 @@ refused unless `--overwrite`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from leccr_cli.data.corpus import Caption, Corpus, translated_cap_id
 from leccr_cli.data.shards import ShardStore
 from leccr_cli.devices import dtype_name, parse_dtype, process_state, resolve_dtype
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
+from leccr_cli.fs import disk_full_reported
 from leccr_cli.languages import check_language
 
 ENGINES = ("marian", "nllb", "m2m100", "auto")
@@ -154,6 +156,20 @@ class Seq2SeqEngine:
                         "give --model a template with {src} and {tgt}, e.g. Helsinki-NLP/opus-mt-{src}-{tgt}",
                     )
                 seen[model_id] = pair
+
+    def check_position_limits(self, pairs: list[tuple[str, str]]) -> None:
+        """Refuse a `--max-tokens` beyond what a pair's model can encode or generate (its position limit)."""
+        for model_id in dict.fromkeys(self.model_id(*pair) for pair in pairs):
+            try:
+                config = AutoConfig.from_pretrained(model_id)
+            except (OSError, ValueError):
+                continue  # load() names the problem when the model is needed
+            limit = getattr(config, "max_position_embeddings", None)
+            if isinstance(limit, int) and self.options.max_tokens > limit:
+                raise LeccrError(
+                    f"--max-tokens {self.options.max_tokens} is beyond the position limit of {model_id} ({limit} tokens)",
+                    f"use --max-tokens {limit} or less",
+                )
 
     def model_id(self, src: str, tgt: str) -> str:
         """The Hub id or folder of the model for src -> tgt."""
@@ -639,13 +655,23 @@ def translate_corpus(
         raise LeccrError(f"shard size {shard_size} must be at least 1")
     pairs = [(source_lang, tgt) for tgt in targets] + ([(tgt, source_lang) for tgt in targets] if back else [])
     engine.check_pairs(pairs)
+    engine.check_position_limits(pairs)
     if splits is None:
         splits = list(corpus.splits) if descriptions is not None else ["train"]
     for split in splits:
         corpus.check_split(split)
-
-    reports: list[JobReport] = []
     common = {"shard_size": shard_size, "on_shard": on_shard, "show_progress": show_progress}
+    on_full = f"finished shards are kept in {corpus.path / PARTIAL_FOLDER}; rerun the same command to go on"
+    lock = corpus.writing() if is_main_process() else contextlib.nullcontext()
+    with lock, disk_full_reported(corpus.path, on_full):
+        return _translate_jobs(corpus, targets, engine, source_lang, splits, back, descriptions, overwrite, common)
+
+
+def _translate_jobs(
+    corpus: Corpus, targets, engine, source_lang, splits, back, descriptions, overwrite, common
+) -> list[JobReport]:
+    """The jobs of `translate_corpus`, under the corpus's writer lock."""
+    reports: list[JobReport] = []
     if descriptions is not None:
         corpus.description_rows(descriptions)  # a missing source fails here, before any model loads
         for tgt in targets:

@@ -423,3 +423,72 @@ def test_two_processes_give_the_single_process_dataset(corpus, tiny_llava_dir, r
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Wrote") == 1  # only the main process reports
     assert Corpus.open(corpus.path).description_rows("llava") == reference
+
+
+# --------------------------------------------------------------------------- failures
+
+
+class Recorder:
+    """A describer that writes each image's id, with a settable max_new_tokens."""
+
+    model_id, multi_image = "recorder", False
+
+    def __init__(self, max_new_tokens=4):
+        self.max_new_tokens = max_new_tokens
+
+    def describe(self, images, prompt):
+        return [f"{len(pictures)} picture" for pictures in images]
+
+
+def test_a_rerun_with_another_max_new_tokens_is_refused(corpus):
+    caption_corpus(corpus, Recorder(4), source="rec", splits=["train"], show_progress=False)
+    assert corpus.description_settings("rec") == {"frames": None, "max_new_tokens": 4}
+    with pytest.raises(LeccrError, match=r"rec holds descriptions made with other settings \(--max-new-tokens 4\).*--overwrite"):
+        caption_corpus(corpus, Recorder(8), source="rec", splits=["val"], show_progress=False)
+    report = caption_corpus(corpus, Recorder(4), source="rec", splits=["val"], show_progress=False)
+    assert (report.already, report.described, report.rows) == (0, 10, 20)
+    report = caption_corpus(corpus, Recorder(8), source="rec", splits=["val"], overwrite=True, show_progress=False)
+    assert report.rows == 10 and corpus.description_settings("rec")["max_new_tokens"] == 8
+
+
+def test_a_full_disk_keeps_the_finished_batches(corpus, monkeypatch):
+    import errno
+
+    from leccr_cli.data.shards import ShardStore
+
+    real, calls = ShardStore.write, [0]
+
+    def write(self, name, rows):
+        calls[0] += 1
+        if calls[0] >= 2:  # the disk is full from the second shard on
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / f"shard-{name}"))
+        return real(self, name, rows)
+
+    monkeypatch.setattr(ShardStore, "write", write)
+    with pytest.raises(LeccrError) as caught:
+        caption_corpus(corpus, Recorder(), source="rec", splits=["train"], shard_size=4, batch_size=4, show_progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"disk full while writing {shard_folder(corpus, 'rec')}/shard-") and "free there)" in message
+    assert f"finished batches are kept in {shard_folder(corpus, 'rec')}; rerun the same command" in message
+    assert len(list(shard_folder(corpus, "rec").glob("shard-*"))) == 1
+    monkeypatch.undo()
+    report = caption_corpus(corpus, Recorder(), source="rec", splits=["train"], shard_size=4, show_progress=False)
+    assert (report.already, report.described, report.rows) == (4, 6, 10)
+
+
+def test_the_cli_says_when_nothing_was_written_and_why(corpus, tiny_llava_dir):
+    command = ["caption", str(corpus.path), "--model", str(tiny_llava_dir), "--split", "test", "--max-new-tokens",
+               str(NEW_TOKENS), "--device", "cpu"]
+    assert runner.invoke(app, command).exit_code == 0
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Wrote" not in said and f"Nothing to do: {corpus.path / 'descriptions' / 'llava'} already describes all 10 images in test" in said
+    for row in corpus.images("val"):
+        (corpus.media_root / row.path).write_bytes(b"not an image")
+    result = runner.invoke(app, [*command[:5], "val", *command[6:], "--on-error", "skip", "--name", "broken"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Wrote nothing: none of the 10 images to describe could be read" in said and "0 descriptions" not in said
+    result = runner.invoke(app, [*command, "--prompt-file", str(corpus.path)])
+    assert result.exit_code == 2 and f"--prompt-file {corpus.path} is a folder" in " ".join(result.output.split())

@@ -8,7 +8,9 @@ from leccr_cli.errors import RecipeError
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.mark.parametrize("name", ["demo", "multi30k", "mscoco"])
+@pytest.mark.parametrize(
+    "name", ["demo", "demo-baseline", "demo-frozen", "multi30k", "mscoco", "multi30k-de", "multi30k-fr", "multi30k-cs", "mscoco-ja", "mscoco-zh"]
+)
 def test_shipped_recipes_validate(name):
     recipe = load_recipe(RECIPES / f"{name}.yaml")
     assert recipe.name == name

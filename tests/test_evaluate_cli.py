@@ -150,3 +150,57 @@ def test_help_says_what_the_files_hold():
     assert result.exit_code == 0
     text = " ".join(result.output.replace("│", " ").split())
     assert "'scores'" in text and "one integer per line" in text and ".json list" in text
+
+
+def test_files_that_are_folders_or_not_text_are_one_red_line(tmp_path, saved):
+    scores, labels = saved
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for args, message in [
+        (["--scores", str(folder), "--labels", str(labels)], f"{folder} is a folder, not a score file"),
+        (["--scores", str(scores), "--labels", str(folder)], f"{folder} is a folder, not a labels file"),
+    ]:
+        assert message in _error_line(runner.invoke(app, ["evaluate", *args]))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"0\n0\n1\n1\n2\n\xe9\n")
+    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(latin)]))
+    assert f"{latin}, line 6: not UTF-8" in line
+    huge = tmp_path / "huge.txt"
+    huge.write_text("0\n0\n1\n1\n2\n99999999999999999999999\n")
+    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(huge)]))
+    assert "label 5 (99999999999999999999999) is beyond any image index" in line
+    recipe_folder = runner.invoke(app, ["train", str(folder)])
+    assert f"recipe {folder} is a folder" in _error_line(recipe_folder)
+
+
+def test_json_into_a_folder_or_an_unwritable_place_is_refused_up_front(tmp_path, saved):
+    import os
+
+    scores, labels = saved
+    folder = tmp_path / "out"
+    folder.mkdir()
+    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels), "--json", str(folder)]))
+    assert f"--json {folder} is a folder" in line
+    args = ["--scores", str(scores), "--labels", str(labels), "--json", str(labels / "m.json")]
+    assert f"--json {labels / 'm.json'}: {labels} is not a folder" in _error_line(runner.invoke(app, ["evaluate", *args]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.txt", "out", "system.safetensors"]
+    assert list(folder.iterdir()) == []  # no temporary file anywhere
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running as a user who may write anywhere")
+    args = ["--scores", str(scores), "--labels", str(labels), "--json", str(locked / "m.json")]
+    assert "cannot write there (permission denied)" in _error_line(runner.invoke(app, ["evaluate", *args]))
+    assert list(locked.iterdir()) == []
+
+
+def test_write_metrics_json_into_a_folder_leaves_no_temporary(tmp_path):
+    from leccr_cli.errors import EvaluationError
+    from leccr_cli.metrics import write_metrics_json
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(EvaluationError, match="cannot write"):
+        write_metrics_json({"sumr": float("nan")}, tmp_path / "taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    written = write_metrics_json({"sumr": float("nan"), "nested": {"r1": float("inf")}}, tmp_path / "m.json")
+    assert json.loads(written.read_text()) == {"sumr": None, "nested": {"r1": None}}

@@ -17,7 +17,10 @@ LAYERS = [
     ("train", ("leccr_cli.train",)),
     ("evaluate", ("leccr_cli.evaluate",)),
     ("slots", ("leccr_cli.slots",)),
-    ("pipeline, runs, jobs", ("leccr_cli.pipeline", "leccr_cli.runs", "leccr_cli.captioning", "leccr_cli.translation")),
+    (
+        "pipeline, runs, jobs",
+        ("leccr_cli.pipeline", "leccr_cli.runs", "leccr_cli.checkpoints", "leccr_cli.captioning", "leccr_cli.translation"),
+    ),
     ("model, data, metrics", ("leccr_cli.model", "leccr_cli.data", "leccr_cli.metrics")),
     (
         "base",

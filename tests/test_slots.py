@@ -400,3 +400,37 @@ def test_unpooled_description_slots_over_several_gallery_batches_equal_one_by_on
     texts = torch.nn.functional.normalize(torch.randn(6, batched.global_embeds.shape[1]), dim=-1)
     for other in one_by_one + [whole]:
         torch.testing.assert_close(model.score(texts, batched, fusion=0.5), model.score(texts, other, fusion=0.5), atol=1e-5, rtol=0)
+
+
+def test_a_full_disk_or_ctrl_c_keeps_the_finished_splits(corpus_dir, tmp_path, monkeypatch):
+    import errno
+
+    import leccr_cli.slots as slots
+
+    recipe_file = write_recipe(tmp_path, corpus_dir)
+    real, calls = slots.write_slot_file, [0]
+
+    def write(path, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(slots, "write_slot_file", write)
+    result = runner.invoke(app, ["build-slots", str(recipe_file), "--split", "train,val"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    said = " ".join(result.output.split())
+    assert len(lines) == 1 and "disk full while writing" in said and "val.safetensors (" in said, result.output
+    assert f"finished splits are kept in {corpus_dir / 'slots'}; rerun the same command to build the rest" in said
+    assert [split for _, split in Corpus.open(corpus_dir).slot_caches()] == ["train"]
+
+    def interrupted(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slots, "write_slot_file", interrupted)
+    result = runner.invoke(app, ["build-slots", str(recipe_file), "--split", "train,val", "--dtype", "fp16"])
+    assert result.exit_code == 130
+    said = " ".join(result.output.split())
+    assert "interrupted: the caches of finished splits are kept" in said
+    assert f"`leccr build-slots {recipe_file} --split train,val` builds the rest" in said

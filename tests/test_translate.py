@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -419,3 +420,112 @@ def test_two_processes_split_the_work_and_give_the_single_process_result(small_c
     everything = [c.text for c in _rows(single, "en", "human")] + [c.text for c in _rows(single, "de", "mt")]
     assert first and second and not set(first) & set(second)
     assert sorted(first + second) == sorted(set(everything))
+
+
+# ------------------------------------------------------------------------------- failures
+
+HELD_TRANSLATE = """
+import sys, time
+from pathlib import Path
+from leccr_cli import translation
+
+gate = Path(sys.argv.pop(1))
+real = translation.Seq2SeqEngine.translate
+
+def translate(self, *args, **kwargs):
+    print("translating", flush=True)
+    deadline = time.time() + 120
+    while not gate.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return real(self, *args, **kwargs)
+
+translation.Seq2SeqEngine.translate = translate
+sys.argv[0] = "leccr"
+from leccr_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_two_translates_at_once_the_second_is_refused_and_nothing_is_lost(small_corpus, marian_template, tmp_path):
+    """While `translate --to de` runs, `translate --to fr` on the same corpus stops with one line naming it;
+    afterwards both sets of rows are there."""
+    path = _copy(small_corpus, tmp_path)
+    common = ["--split", "val", "--model", marian_template, "--max-tokens", str(MAX_TOKENS)]
+    gate = tmp_path / "go"
+    first = subprocess.Popen(
+        [sys.executable, "-c", HELD_TRANSLATE, str(gate), "translate", str(path), "--to", "de", *common],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert first.stdout.readline().strip() == "translating", first.stderr.read()
+        result = CliRunner().invoke(app, ["translate", str(path), "--to", "fr", *common])
+        assert result.exit_code == 2
+        line = " ".join(result.output.split())
+        assert line.startswith("error:") and f"is being written by `leccr translate {path} --to de --split val" in line
+        assert f"(pid {first.pid} on" in line
+    finally:
+        gate.touch()
+        first.wait(timeout=120)
+    assert first.returncode == 0, first.stderr.read()
+    result = CliRunner().invoke(app, ["translate", str(path), "--to", "fr", *common])
+    assert result.exit_code == 0, result.output
+    assert len(_rows(path, "de", "mt")) == len(_rows(path, "fr", "mt")) == 40
+
+
+def test_a_full_disk_keeps_the_finished_shards(small_corpus, marian_template, tmp_path, monkeypatch):
+    import errno
+
+    from leccr_cli.data.shards import ShardStore
+
+    path = _copy(small_corpus, tmp_path)
+    real, calls = ShardStore.write, [0]
+
+    def write(self, name, rows):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / f"shard-{name}"))
+        return real(self, name, rows)
+
+    monkeypatch.setattr(ShardStore, "write", write)
+    with pytest.raises(LeccrError) as caught:
+        _translate(path, ["de"], _marian(marian_template), shard_size=10)
+    message = str(caught.value)
+    assert message.startswith("disk full while writing") and "shard-00002 (" in message and "free there)" in message
+    assert f"finished shards are kept in {path / PARTIAL_FOLDER}; rerun the same command to go on" in message
+    assert len(list((path / PARTIAL_FOLDER).glob("*/*/shard-*"))) == 2
+    monkeypatch.undo()
+    whole = _copy(small_corpus, tmp_path, "whole")
+    _translate(whole, ["de"], _marian(marian_template), shard_size=10)
+    [report] = _translate(path, ["de"], _marian(marian_template), shard_size=10)
+    assert report.resumed == 20 and Corpus.open(path).captions() == Corpus.open(whole).captions()
+
+
+def test_max_tokens_beyond_the_position_limit_is_refused_up_front(small_corpus, marian_template, tmp_path):
+    path = _copy(small_corpus, tmp_path)
+    result = CliRunner().invoke(app, ["translate", str(path), "--to", "de", "--split", "val", "--model", marian_template,
+                                      "--max-tokens", "1000"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--max-tokens 1000 is beyond the position limit of" in lines[0]
+    assert "(128 tokens)" in lines[0] and "use --max-tokens 128 or less" in lines[0]
+    assert not (path / PARTIAL_FOLDER).exists()
+
+
+def test_ctrl_c_says_what_is_kept_and_the_command_that_continues(small_corpus, marian_template, tmp_path, monkeypatch):
+    from leccr_cli.data.shards import ShardStore
+
+    path = _copy(small_corpus, tmp_path)
+    real = ShardStore.write
+
+    def write(self, name, rows):
+        real(self, name, rows)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardStore, "write", write)
+    args = ["translate", str(path), "--to", "de", "--split", "val", "--model", marian_template, "--max-tokens", "12"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130
+    said = " ".join(result.output.split())
+    assert f"interrupted: finished shards are kept in {path / PARTIAL_FOLDER}" in said
+    model = shlex.quote(marian_template)
+    assert f"`leccr translate {path} --to de --model {model} --split val --max-tokens 12` translates the rest" in said

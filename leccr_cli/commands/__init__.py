@@ -31,6 +31,27 @@ class LeccrGroup(TyperGroup):
             raise typer.Exit(2) from None
 
 
+def rerun_command(ctx: typer.Context) -> str:
+    """The running command as the user can type it again: `leccr <command>` with its arguments and non-default options."""
+    import shlex
+
+    words = ["leccr", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif value is None or value == param.default or value in ([], ()):
+            continue
+        elif param.is_flag:
+            words.append(param.opts[0])
+        elif param.multiple:
+            for item in value:
+                words += [param.opts[0], str(item)]
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
+
+
 def make_app(help_text: str) -> typer.Typer:
     """A Typer app (or sub-app) with leccr's error handling."""
     return typer.Typer(

@@ -10,6 +10,7 @@ from leccr_cli.commands.options import Device, Dtype, Overwrite, Splits
 
 
 def caption_command(
+    ctx: typer.Context,
     corpus_path: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder."),
     mllm: str = typer.Option("llava", "--mllm", help="Backend: llava, llava-next or auto (any image-text-to-text model)."),
     model: str | None = typer.Option(
@@ -38,6 +39,7 @@ def caption_command(
     from rich.markup import escape
 
     from leccr_cli.captioning import caption_corpus, open_describer
+    from leccr_cli.commands import rerun_command
     from leccr_cli.console import console, err_console, is_main_process
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.errors import LeccrError
@@ -46,6 +48,8 @@ def caption_command(
     if prompt is not None and prompt_file is not None:
         raise LeccrError("--prompt and --prompt-file both given", "use one of them")
     if prompt_file is not None:
+        if prompt_file.is_dir():
+            raise LeccrError(f"--prompt-file {prompt_file} is a folder", "give a UTF-8 text file holding the prompt")
         try:
             prompt = prompt_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
@@ -70,16 +74,25 @@ def caption_command(
         if is_main_process():
             err_console.print(
                 f"[yellow]interrupted:[/] finished batches are kept in {corpus.path / 'descriptions'}; "
-                "rerun the same command to describe the rest"
+                f"rerun the same command to describe the rest: `{rerun_command(ctx)}`",
+                soft_wrap=True, highlight=False,
             )
         raise typer.Exit(130) from None
     if not is_main_process():
         return
-    console.print(
-        f"[green]Wrote[/] {report.path}: {report.rows} descriptions "
-        f"({report.described} new, {report.already} already there; {report.selected} images in {', '.join(splits)}) "
-        f"by {escape(describer.model_id)}"
-    )
+    if report.described:
+        console.print(
+            f"[green]Wrote[/] {report.path}: {report.rows} descriptions "
+            f"({report.described} new, {report.already} already there; {report.selected} images in {', '.join(splits)}) "
+            f"by {escape(describer.model_id)}"
+        )
+    elif report.failed:
+        console.print(f"[yellow]Wrote nothing[/]: none of the {len(report.failed)} images to describe could be read")
+    else:
+        console.print(
+            f"Nothing to do: {report.path} already describes all {report.selected} images in {', '.join(splits)} "
+            "(pass --overwrite to describe them again)"
+        )
     if report.failed:
         count = len(report.failed)
         err_console.print(f"[yellow]warning:[/] skipped {count} unreadable image{'s' if count > 1 else ''} (rerun to retry):")

@@ -45,7 +45,7 @@ def synth_command(
             report = build_synthetic_video(
                 out, videos=images, langs=codes, seed=seed, overwrite=overwrite, **{k: v for k, v in options.items() if v is not None}
             )
-        unit = "videos"
+        unit, content = "videos", "video"
     else:
         given = [name for name, value in (("--frames", frames), ("--frame-dim", frame_dim), ("--noise", noise)) if value is not None]
         if given:
@@ -53,14 +53,14 @@ def synth_command(
         from leccr_cli.data.synth import build_synthetic
 
         with err_console.status(f"Building the synthetic corpus in {out} ..."):
-            report = build_synthetic(out, images=images, langs=codes, seed=seed, image_size=image_size or 64, overwrite=overwrite)
-        unit = "images"
+            report = build_synthetic(out, images=images, langs=codes, seed=seed, image_size=64 if image_size is None else image_size, overwrite=overwrite)
+        unit, content = "images", "scene"
     split_text = ", ".join(f"{split} {n}" for split, n in report.images.items())
     console.print(f"[green]Wrote[/] {report.path}: {split_text} {unit}, {report.captions} captions ({', '.join(report.languages)})")
     for split, share in report.ceiling.items():
         console.print(
-            f"R@1 ceiling on {split}: {share:.1f}% of captions are consistent with their own {unit[:-1]} only "
-            f"(the others fit several {unit} equally well)"
+            f"R@1 ceiling on {split}: {share:.1f}% of captions are consistent with their own {content} only "
+            f"(the others fit several {content}s equally well)"
         )
 
 

@@ -43,6 +43,13 @@ def evaluate_command(
         False, "--translate-test", help="Score the English machine translation of each query (origin mt, translated from it)."
     ),
     corpus: Path | None = typer.Option(None, "--corpus", help="Evaluate on this corpus instead of the run's."),
+    gallery: str | None = typer.Option(
+        None,
+        "--gallery",
+        metavar="language|all",
+        help="language: rank each language against its own images (the corpus's gallery of the language, e.g. "
+        "MSCOCO's ja and zh test sets); all: against every image of the split. Default: the recipe's eval.gallery (language).",
+    ),
     batch_size: BatchSize = None,
     device: Device = None,
     scores: Path | None = typer.Option(None, "--scores", metavar="FILE.safetensors", help=SCORES_HELP),
@@ -54,16 +61,19 @@ def evaluate_command(
 ) -> None:
     """Recall@1/5/10 both ways and SumR of a trained run, per query language.
 
-    The gallery of the split is embedded once; queries are the human captions of each language. Results are printed as a table and written to eval/<lang>-<split>.json in the run. --batch-size defaults to the recipe's eval.batch_size.
+    The images are embedded once; queries are the human captions of each language, ranked against that language's gallery (--gallery). Results are printed as a table and written to eval/<lang>-<split>.json in the run (-fusion<A> or -minmax<A> with --fusion, -gallery-all with --gallery all). --batch-size defaults to the recipe's eval.batch_size.
 
     With --scores and --labels, score a saved similarity matrix instead (no model needed), so external systems can be compared on the same split. A tie with the ground truth counts as a miss.
     """
     from leccr_cli.errors import LeccrError
+    from leccr_cli.metrics import check_json_path
 
+    if json_path is not None:
+        check_json_path(json_path)  # before any work: a folder or an unwritable place is refused at once
     if scores is not None or labels is not None:
         used = [name for name, value in (("RUN", run), ("--lang", langs), ("--split", split), ("--fusion", fusion),
                                          ("--fusion-mode", fusion_mode), ("--translate-test", translate_test or None),
-                                         ("--corpus", corpus)) if value]
+                                         ("--corpus", corpus), ("--gallery", gallery)) if value]
         if scores is None or labels is None:
             raise LeccrError("--scores and --labels go together", "give both files, or neither to evaluate a run")
         if used:
@@ -72,22 +82,26 @@ def evaluate_command(
         return
     if fusion_mode is not None and fusion_mode not in ("linear", "minmax"):
         raise LeccrError(f"--fusion-mode {fusion_mode!r}: expected linear or minmax")
-    _evaluate_run(run, langs, split, fusion, fusion_mode, translate_test, corpus, batch_size, device, json_path, memory_budget)
+    _evaluate_run(
+        run, langs, split, fusion, fusion_mode, translate_test, corpus, batch_size, device, json_path, memory_budget, gallery
+    )
 
 
 def _evaluate_run(
-    run, langs, split, fusion, fusion_mode, translate_test, corpus_path, batch_size, device, json_path, memory_budget
+    run, langs, split, fusion, fusion_mode, translate_test, corpus_path, batch_size, device, json_path, memory_budget, gallery
 ) -> None:
     import dataclasses
 
     from leccr_cli.console import console
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.devices import select_device
-    from leccr_cli.errors import LeccrError
-    from leccr_cli.evaluate import eval_languages, evaluate_languages
+    from leccr_cli.errors import EvaluationError, LeccrError
+    from leccr_cli.evaluate import GALLERY_MODES, eval_languages, evaluate_languages
     from leccr_cli.metrics import write_metrics_json
-    from leccr_cli.runs import latest_run, load_run, write_eval_json
+    from leccr_cli.runs import latest_run, load_run, other_corpus_label, write_eval_json
 
+    if gallery is not None and gallery not in GALLERY_MODES:
+        raise EvaluationError(f"--gallery {gallery}: expected one of {', '.join(GALLERY_MODES)}")
     run_dir = run if run is not None else latest_run()
     recipe, model = load_run(run_dir)
     if memory_budget is not None:
@@ -99,16 +113,33 @@ def _evaluate_run(
     corpus = Corpus.open(corpus_path or recipe.data.corpus)
     split = split or recipe.data.test_split
     languages = eval_languages(corpus, split, langs, recipe.eval.langs or recipe.data.target_langs)
+    gallery = gallery or recipe.eval.gallery
     model.to(select_device(device))
     results = evaluate_languages(
-        model, corpus, split, languages, recipe, fusion=fusion, fusion_mode=fusion_mode, translate_test=translate_test,
+        model,
+        corpus,
+        split,
+        languages,
+        recipe,
+        fusion=fusion,
+        fusion_mode=fusion_mode,
+        translate_test=translate_test,
         batch_size=batch_size,
+        gallery=gallery,
     )
-    for lang, metrics in results.items():
-        write_eval_json(run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test, fusion_mode=fusion_mode)
+    label = other_corpus_label(recipe, corpus.name, corpus.path)
+    written = [
+        write_eval_json(
+            run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test, fusion_mode=fusion_mode,
+            gallery=gallery, corpus=corpus.path.resolve(), corpus_label=label,
+        )
+        for lang, metrics in results.items()
+    ]
     mode = "".join([f", fusion {fusion:g} ({fusion_mode})" if fusion is not None else "", ", translate-test" if translate_test else ""])
-    _report(results, title=f"{run_dir}: {split}{mode}", row_header="lang")
-    console.print(f"[green]Wrote[/] {run_dir / 'eval'}/ ({', '.join(results)})")
+    on = f" on corpus {label} ({corpus.path})" if label is not None else ""
+    sizes = ", ".join(f"{lang} {m['queries']} queries x {m['gallery_size']} images" for lang, m in results.items())
+    _report(results, title=f"{run_dir}: {split}{mode}{on}", row_header="lang", note=f"gallery: {gallery} ({sizes})")
+    console.print(f"[green]Wrote[/] {run_dir / 'eval'}/ ({', '.join(path.name for path in written)})")
     if json_path is not None:
         console.print(f"[green]Wrote[/] {write_metrics_json(results, json_path)}")
 

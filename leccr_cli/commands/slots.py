@@ -10,6 +10,7 @@ from leccr_cli.commands.options import BatchSize, Device, Dtype, Overrides, Over
 
 
 def build_slots_command(
+    ctx: typer.Context,
     source: Path = typer.Argument(
         ..., metavar="RECIPE_OR_RUN", help="A recipe file (the encoder is built as `leccr train` builds it) or a run folder (its model/)."
     ),
@@ -26,12 +27,21 @@ def build_slots_command(
     """
     from rich.table import Table
 
-    from leccr_cli.console import console
+    from leccr_cli.commands import rerun_command
+    from leccr_cli.console import console, err_console
     from leccr_cli.slots import build_slots
 
-    reports = build_slots(
-        source, splits=split, overrides=overrides, batch_size=batch_size, dtype=dtype, device=device, overwrite=overwrite
-    )
+    try:
+        reports = build_slots(
+            source, splits=split, overrides=overrides, batch_size=batch_size, dtype=dtype, device=device, overwrite=overwrite
+        )
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted:[/] the caches of finished splits are kept (the split in progress is not); "
+            f"`{rerun_command(ctx)}` builds the rest",
+            soft_wrap=True, highlight=False,
+        )
+        raise typer.Exit(130) from None
     table = Table(title="Slot caches")
     for column in ("split", "status", "rows", "longest", "dtype", "MB", "file"):
         table.add_column(column, justify="right" if column in ("rows", "longest", "MB") else "left")

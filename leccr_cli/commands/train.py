@@ -26,7 +26,12 @@ def train_command(
     from leccr_cli.console import console, is_main_process
     from leccr_cli.train import train
 
-    result = train(load_recipe(recipe, overrides), output, resume=resume, overwrite=overwrite, recipe_file=recipe)
+    try:
+        result = train(
+            load_recipe(recipe, overrides), output, resume=resume, overwrite=overwrite, recipe_file=recipe, overrides=overrides
+        )
+    except KeyboardInterrupt:  # train() has said what is kept and how to go on
+        raise typer.Exit(130) from None
     if is_main_process():
         console.print(
             f"[green]Done[/]: {result.run_dir} ({result.steps} steps; best validation mean SumR "

@@ -10,6 +10,7 @@ from leccr_cli.commands.options import Dtype, Overwrite, Splits
 
 
 def translate_command(
+    ctx: typer.Context,
     corpus_path: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder."),
     to: str = typer.Option(..., "--to", help="Target languages, comma-separated ISO codes (e.g. de,fr,cs)."),
     engine: str = typer.Option("marian", "--engine", help="marian, nllb, m2m100 or auto (any seq2seq model)."),
@@ -40,25 +41,35 @@ def translate_command(
 
     --split defaults to train (with --descriptions: every split). --overwrite replaces earlier translations of the same split, target and origin (and discards unfinished work made with other settings). Resumable: a rerun skips what is done and finishes the rest. Several GPUs: `accelerate launch -m leccr_cli translate ...`.
     """
-    from leccr_cli.console import is_main_process
+    from leccr_cli.commands import rerun_command
+    from leccr_cli.console import err_console, is_main_process
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.languages import check_language, parse_language_list
-    from leccr_cli.translation import TranslationOptions, make_engine, translate_corpus
+    from leccr_cli.translation import PARTIAL_FOLDER, TranslationOptions, make_engine, translate_corpus
 
     targets = parse_language_list(to)
     check_language(source_lang)
     splits = Corpus.open(corpus_path).resolve_splits(split, default=["train"] if descriptions is None else None)
     options = TranslationOptions(batch_size=batch_size, max_tokens=max_tokens, num_beams=num_beams, dtype=dtype)
-    reports = translate_corpus(
-        corpus_path,
-        targets,
-        make_engine(engine, model, options),
-        source_lang=source_lang,
-        splits=splits,
-        back=back,
-        descriptions=descriptions,
-        overwrite=overwrite,
-    )
+    try:
+        reports = translate_corpus(
+            corpus_path,
+            targets,
+            make_engine(engine, model, options),
+            source_lang=source_lang,
+            splits=splits,
+            back=back,
+            descriptions=descriptions,
+            overwrite=overwrite,
+        )
+    except KeyboardInterrupt:
+        if is_main_process():
+            err_console.print(
+                f"[yellow]interrupted:[/] finished shards are kept in {corpus_path / PARTIAL_FOLDER} (finished jobs "
+                f"are in the corpus); `{rerun_command(ctx)}` translates the rest",
+                soft_wrap=True, highlight=False,
+            )
+        raise typer.Exit(130) from None
     if is_main_process():
         _print_summary(corpus_path, reports)
 

@@ -34,7 +34,7 @@ from datasets import Dataset, Features, Value, load_from_disk
 from datasets.utils.logging import disable_progress_bar
 
 from leccr_cli.errors import CorpusError, LeccrError
-from leccr_cli.fs import atomic_directory, atomic_write_text
+from leccr_cli.fs import atomic_directory, atomic_replacement, is_empty_folder, recover, recover_folder, writer_lock
 from leccr_cli.languages import ISO_639_1, check_language
 
 CORPUS_VERSION = 1
@@ -43,6 +43,7 @@ ORIGINS = ("human", "mt", "back")
 CAPTION_COLUMNS = ("cap_id", "image_id", "split", "lang", "origin", "text", "source", "model")
 IMAGE_COLUMNS = ("image_id", "split", "path")
 DESCRIPTION_COLUMNS = ("image_id", "text", "model", "prompt")
+DESCRIPTION_SETTINGS_FILE = "leccr_settings.json"  # how a description dataset was generated, beside its table
 GALLERY_COLUMNS = ("image_id", "split", "lang")
 
 
@@ -119,19 +120,38 @@ def _load_columns(folder: Path, columns: tuple[str, ...], what: str) -> dict[str
     disable_progress_bar()
     try:
         table = load_from_disk(str(folder)).data.table
-    except (FileNotFoundError, OSError, ValueError) as error:
-        raise CorpusError(f"{folder}: cannot read {what} ({error})", "rebuild the corpus or the artifact") from None
+    except (FileNotFoundError, OSError, ValueError):
+        # a writer may have been replacing the folder (or died doing it): finish that, read again
+        recover(folder)
+        try:
+            table = load_from_disk(str(folder)).data.table
+        except (FileNotFoundError, OSError, ValueError) as error:
+            raise CorpusError(f"{folder}: cannot read {what} ({error})", "rebuild the corpus or the artifact") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise CorpusError(f"{folder}: {what} lack the columns {', '.join(missing)}", "rebuild the artifact")
     return {c: table.column(c).to_pylist() for c in columns}
 
 
-def write_description_table(folder: Path, rows: list[dict]) -> None:
-    """Write description rows (image_id, text, model, prompt) as an HF dataset, atomically replacing `folder`."""
+def write_description_table(folder: Path, rows: list[dict], settings: dict | None = None) -> None:
+    """Write description rows (image_id, text, model, prompt) as an HF dataset, atomically replacing `folder`.
+
+    `settings` (how the rows were generated, e.g. max_new_tokens) is stored beside the table.
+    """
     with atomic_directory(folder, overwrite=True) as temporary:
         shutil.rmtree(temporary)
         save_string_dataset({c: [str(r[c]) for r in rows] for c in DESCRIPTION_COLUMNS}, temporary)
+        if settings is not None:
+            (temporary / DESCRIPTION_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def read_description_settings(folder: Path) -> dict | None:
+    """The generation settings stored with a description dataset (None when it has none)."""
+    try:
+        settings = json.loads((folder / DESCRIPTION_SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) else None
 
 
 def read_description_table(folder: Path) -> list[dict]:
@@ -235,23 +255,34 @@ def write_corpus(
         position = {(r.image_id, r.split): i for i, r in enumerate(images)}
         galleries.sort(key=lambda r: (r.split, r.lang, position[r.image_id, r.split]))
     out = Path(out)
-    with atomic_directory(out, overwrite=overwrite) as folder:
-        if fill is not None:
-            fill(folder)
-        save_string_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
-        save_string_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
-        if galleries:
-            save_string_dataset({c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries")
-        for source, rows in (descriptions or {}).items():
-            save_string_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
-        meta = CorpusMeta(
-            name=name,
-            modality=modality,
-            languages=sorted({c.lang for c in captions}),
-            splits=_ordered_splits({r.split for r in images}),
-            media_root=media_root,
-        )
-        (folder / "corpus.json").write_text(meta.to_json(), encoding="utf-8")
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"{out} exists and is not a folder", "choose another output path")
+    if out.is_dir() and not is_empty_folder(out) and not overwrite:
+        raise CorpusError(f"{out} exists and is not empty", "pass --overwrite to replace it, or choose another path")
+    created = not out.exists()
+    try:
+        with writer_lock(out):  # also drops what killed writes of this corpus left beside it
+            with atomic_directory(out, overwrite=overwrite) as folder:
+                if fill is not None:
+                    fill(folder)
+                save_string_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
+                save_string_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
+                if galleries:
+                    save_string_dataset({c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries")
+                for source, rows in (descriptions or {}).items():
+                    save_string_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
+                meta = CorpusMeta(
+                    name=name,
+                    modality=modality,
+                    languages=sorted({c.lang for c in captions}),
+                    splits=_ordered_splits({r.split for r in images}),
+                    media_root=media_root,
+                )
+                (folder / "corpus.json").write_text(meta.to_json(), encoding="utf-8")
+    except BaseException:
+        if created and out.is_dir() and is_empty_folder(out):
+            shutil.rmtree(out, ignore_errors=True)  # nothing written: leave no folder behind
+        raise
     return Corpus.open(out)
 
 
@@ -327,6 +358,9 @@ class Corpus:
     def open(cls, path: str | Path) -> "Corpus":
         """Open CORPUS/; raise `CorpusError` if it is missing or corpus.json is unreadable."""
         path = Path(path)
+        recover(path)  # finish a replacement of the whole corpus or of its parts cut short by a kill
+        recover_folder(path)
+        recover_folder(path / "descriptions")
         if not path.is_dir():
             raise CorpusError(
                 f"corpus {path}: no such folder", "build one with `leccr data synth` or `leccr data import-multi30k`"
@@ -474,30 +508,34 @@ class Corpus:
         """Counter of (split, lang, origin) -> number of captions."""
         return Counter((c.split, c.lang, c.origin) for c in self.captions())
 
+    def writing(self):
+        """The corpus's writer lock (`leccr_cli.fs.writer_lock`): one writing command at a time."""
+        return writer_lock(self.path)
+
     def add_captions(self, rows: Iterable[Caption], replace: bool = False, remove: Iterable[str] = ()) -> None:
         """Append caption rows (or replace rows with the same cap id when `replace`) atomically.
 
         Rows whose cap id is in `remove` are dropped in the same rewrite.
         """
         new = [Caption(*r) for r in rows]
-        existing = self.captions()
-        dropped = set(remove)
-        if replace:
-            dropped |= {c.cap_id for c in new}
-        if dropped:
-            existing = [c for c in existing if c.cap_id not in dropped]
-        merged = existing + new
-        galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
-        _validate(self.images(), merged, self.modality, galleries)
-        with atomic_directory(self.path / "captions", overwrite=True) as folder:
-            shutil.rmtree(folder)
-            save_string_dataset({c: [getattr(r, c) for r in merged] for c in CAPTION_COLUMNS}, folder)
+        with self.writing():
+            self._captions = None  # merge with what is on disk now
+            existing = self.captions()
+            dropped = set(remove)
+            if replace:
+                dropped |= {c.cap_id for c in new}
+            if dropped:
+                existing = [c for c in existing if c.cap_id not in dropped]
+            merged = existing + new
+            galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
+            _validate(self.images(), merged, self.modality, galleries)
+            meta = CorpusMeta(**{**self.meta.__dict__, "languages": sorted({c.lang for c in merged})})
+            # the captions and the language list of corpus.json change together, also across a kill
+            with atomic_replacement(self.path / "captions", self.path / "corpus.json") as (table, meta_file):
+                save_string_dataset({c: [getattr(r, c) for r in merged] for c in CAPTION_COLUMNS}, table)
+                meta_file.write_text(meta.to_json(), encoding="utf-8")
         self._captions = merged
-        self.meta.languages = sorted({c.lang for c in merged})
-        self._write_meta()
-
-    def _write_meta(self) -> None:
-        atomic_write_text(self.path / "corpus.json", self.meta.to_json())
+        self.meta = meta
 
     # -- descriptions
     def description_sources(self) -> list[str]:
@@ -522,10 +560,15 @@ class Corpus:
         """image_id -> description text."""
         return {row["image_id"]: row["text"] for row in self.description_rows(source)}
 
-    def write_descriptions(self, source: str, rows: list[dict]) -> None:
-        """Replace descriptions/<source>/ atomically."""
-        (self.path / "descriptions").mkdir(exist_ok=True)
-        write_description_table(self.path / "descriptions" / source, rows)
+    def write_descriptions(self, source: str, rows: list[dict], settings: dict | None = None) -> None:
+        """Replace descriptions/<source>/ atomically (`settings`: how they were generated, kept beside them)."""
+        with self.writing():
+            (self.path / "descriptions").mkdir(exist_ok=True)
+            write_description_table(self.path / "descriptions" / source, rows, settings)
+
+    def description_settings(self, source: str) -> dict | None:
+        """The generation settings stored with descriptions/<source>/ (None when it has none)."""
+        return read_description_settings(self.path / "descriptions" / source)
 
     # -- caches
     def slot_caches(self) -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
 """From a corpus to model batches: caption cleaning, CLIP image transforms, datasets, collation.
 
 Every random choice (which translation pairs with an English caption, where a training
-crop falls) is a pure function of (seed, epoch, example index), so a resumed run sees
+crop falls, whether an image is flipped) is a pure function of (seed, epoch, example index), so a resumed run sees
 exactly the batches an uninterrupted run would have seen.
 """
 
@@ -25,12 +25,22 @@ from leccr_cli.errors import CorpusError
 # ------------------------------------------------------------------------------ text
 
 
-def clean_caption(text: str, lowercase: bool = True, strip_punctuation: bool = True, max_words: int = 30) -> str:
-    """Caption cleaning as in the reference: lower-case, punctuation removed, cut to `max_words`."""
+# the marks the reference's caption cleaning replaces by spaces (all ASCII; CJK punctuation stays)
+ASCII_PUNCTUATION = frozenset(",.'!?\"()*#:;~-/")
+
+
+def clean_caption(text: str, lowercase: bool = True, strip_punctuation: str = "unicode", max_words: int = 30) -> str:
+    """Caption cleaning as in the reference: lower-case, punctuation removed, cut to `max_words`.
+
+    `strip_punctuation`: `unicode` replaces every Unicode punctuation mark by a space, `ascii`
+    only the reference's ASCII marks (, . ' ! ? " ( ) * # : ; ~ - /), `none` keeps everything.
+    """
     if lowercase:
         text = text.lower()
-    if strip_punctuation:
+    if strip_punctuation == "unicode":
         text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    elif strip_punctuation == "ascii":
+        text = "".join(" " if ch in ASCII_PUNCTUATION else ch for ch in text)
     return " ".join(text.split()[:max_words])
 
 
@@ -39,7 +49,7 @@ class TextCleaning:
     """The recipe's caption-cleaning settings."""
 
     lowercase: bool = True
-    strip_punctuation: bool = True
+    strip_punctuation: str = "unicode"
     max_words: int = 30
 
     def __call__(self, text: str) -> str:
@@ -55,11 +65,14 @@ class TextCleaning:
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """CLIP preprocessing without torchvision: resize the short side, centre crop, normalise.
+    """CLIP preprocessing without torchvision: fit the image to `size` x `size`, normalise.
 
-    With `train=True`, a random resized crop (area fraction in [crop_scale_min, 1], aspect
-    ratio in [3/4, 4/3]) replaces the centre crop; there is no horizontal flip, since flips
-    would swap "left" and "right" in the captions.
+    `fit`: `center_crop` resizes the short side to `size` and crops the middle; `resize`
+    squeezes the whole image to `size` x `size` (the reference's test transform). With
+    `train=True` and a random stream, a random resized crop (area fraction in
+    [crop_scale_min, 1], aspect ratio in [3/4, 4/3]) replaces the fit. With `flip=True` and
+    a random stream, half the images are flipped left to right (drawn after the crop, so a
+    flip never changes which crop an example gets).
     """
 
     size: int
@@ -67,12 +80,17 @@ class ImageTransform:
     std: tuple[float, float, float]
     train: bool = False
     crop_scale_min: float = 0.5
+    fit: str = "center_crop"
+    flip: bool = False
 
     def __call__(self, image, rng: random.Random | None = None):
         image = image.convert("RGB")
         if self.train and rng is not None:
             image = self._random_crop(image, rng)
             image = image.resize((self.size, self.size), Image.BICUBIC)
+        elif self.fit == "resize":
+            if image.size != (self.size, self.size):
+                image = image.resize((self.size, self.size), Image.BICUBIC)
         else:
             width, height = image.size
             scale = self.size / min(width, height)
@@ -82,6 +100,8 @@ class ImageTransform:
             left = (new_size[0] - self.size) // 2
             top = (new_size[1] - self.size) // 2
             image = image.crop((left, top, left + self.size, top + self.size))
+        if self.flip and rng is not None and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)

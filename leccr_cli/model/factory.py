@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model as load_weights
 from transformers import (
     AutoConfig,
@@ -26,6 +27,7 @@ from transformers.utils import cached_file
 
 from leccr_cli.config import ModelConfig, TextConfig, VisionConfig, model_config_from_dict
 from leccr_cli.errors import ModelError, RecipeError
+from leccr_cli.fs import recover
 from leccr_cli.model.layers import VideoEncoder
 from leccr_cli.model.leccr import (
     CLIP_MEAN,
@@ -302,6 +304,7 @@ def _parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any]) 
 def load_model(folder: str | Path) -> LeccrModel:
     """Rebuild a model saved by `LeccrModel.save_pretrained` from that folder alone (no Hub access)."""
     folder = Path(folder)
+    recover(folder)  # finish a replacement of the folder cut short by a kill
     meta_file = folder / "config.json"
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -318,8 +321,16 @@ def load_model(folder: str | Path) -> LeccrModel:
     except RecipeError as error:
         raise ModelError(f"model {folder}: {error}", "was it written by another version of leccr?") from None
     model = LeccrModel(config, _parts_from_folder(config, folder, meta), meta["modality"])
+    weights = folder / "model.safetensors"
     try:
-        load_weights(model, str(folder / "model.safetensors"))
+        load_weights(model, str(weights))
+    except SafetensorError as error:
+        raise ModelError(
+            f"model {folder}: {weights.name} is damaged or truncated ({error})",
+            "copy the folder again, or use another model folder (a run's checkpoints hold earlier weights)",
+        ) from None
+    except FileNotFoundError:
+        raise ModelError(f"model {folder}: {weights.name} is missing", "give the model/ folder of a finished leccr run") from None
     except (OSError, RuntimeError) as error:
         raise ModelError(f"model {folder}: model.safetensors does not fit config.json ({error})") from None
     model.source_folder = folder

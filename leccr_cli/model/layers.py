@@ -8,28 +8,41 @@ from torch import nn
 from leccr_cli.errors import ModelError
 
 
+def _dropout(p: float) -> nn.Module:
+    """Dropout, or nothing at all when p is 0 (no random numbers drawn)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class CrossAttentionLayer(nn.Module):
     """Multi-head attention of the query sequence over the memory, a two-layer GELU MLP on
-    the attention output, added to the query (residual), then LayerNorm."""
+    the attention output, added to the query (residual), then LayerNorm.
 
-    def __init__(self, dim: int, heads: int):
+    attention (dropout) -> Linear(d, mlp_ratio*d) -> GELU -> dropout -> Linear(mlp_ratio*d, d)
+    -> dropout -> + query -> LayerNorm. With mlp_ratio 1 and dropout 0.1 this is the
+    reference's layer (which also holds a LayerNorm it never uses).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, dropout: float = 0.0):
         super().__init__()
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        hidden = mlp_ratio * dim
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        # the Linear layers keep the names mlp.0 and mlp.2 of models saved before dropout existed
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Sequential(nn.GELU(), _dropout(dropout)), nn.Linear(hidden, dim))
+        self.dropout = _dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         padding = None if memory_mask is None else ~memory_mask
         attended, _ = self.attention(query, memory, memory, key_padding_mask=padding, need_weights=False)
-        return self.norm(query + self.mlp(attended))
+        return self.norm(query + self.dropout(self.mlp(attended)))
 
 
 class CrossAttention(nn.Module):
     """A stack of cross-attention layers over one fixed memory."""
 
-    def __init__(self, dim: int, heads: int, layers: int):
+    def __init__(self, dim: int, heads: int, layers: int, mlp_ratio: int = 4, dropout: float = 0.0):
         super().__init__()
-        self.layers = nn.ModuleList(CrossAttentionLayer(dim, heads) for _ in range(layers))
+        self.layers = nn.ModuleList(CrossAttentionLayer(dim, heads, mlp_ratio, dropout) for _ in range(layers))
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:

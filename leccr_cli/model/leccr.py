@@ -84,6 +84,14 @@ class ImageEmbeddings:
 
         return ImageEmbeddings(move(self.global_embeds), move(self.slot_embeds), move(self.slot_mask))
 
+    def select(self, indices: torch.Tensor) -> "ImageEmbeddings":
+        """The gallery rows `indices` (a 1-D long tensor), in that order."""
+
+        def pick(tensor):
+            return None if tensor is None else tensor.index_select(0, indices.to(tensor.device))
+
+        return ImageEmbeddings(pick(self.global_embeds), pick(self.slot_embeds), pick(self.slot_mask))
+
     @staticmethod
     def cat(parts: list["ImageEmbeddings"]) -> "ImageEmbeddings":
         """Concatenate gallery chunks; padded slot sequences of different lengths are padded to the longest."""
@@ -163,20 +171,25 @@ class LeccrModel(nn.Module):
         if not self.reads_descriptions:
             return
         description_width = (parts.description or parts.text).config.hidden_size
-        heads = config.heads
+        layer = {"dim": visual_width, "heads": config.heads, "mlp_ratio": config.mlp_ratio, "dropout": config.dropout}
         self.description_projection = nn.Linear(description_width, visual_width)
         if config.slots:
-            self.slot_queries = nn.Parameter(torch.randn(config.num_slots, visual_width) * 0.02)
-            self.slot_generator = CrossAttention(visual_width, heads, config.slot_layers)
+            if config.slot_init == "zeros":
+                queries = torch.zeros(config.num_slots, visual_width)
+            else:
+                queries = torch.randn(config.num_slots, visual_width) * 0.02
+            self.slot_queries = nn.Parameter(queries)
+            self.slot_generator = CrossAttention(layers=config.slot_layers, **layer)
         if config.interaction:
-            self.visual_over_slots = CrossAttention(visual_width, heads, config.interaction_layers)
+            self.visual_over_slots = CrossAttention(layers=config.interaction_layers, **layer)
             if uses_slot_embeddings(config):
-                self.slots_over_visual = CrossAttention(visual_width, heads, config.interaction_layers)
+                self.slots_over_visual = CrossAttention(layers=config.interaction_layers, **layer)
         if uses_slot_embeddings(config):
             self.slot_head = nn.Linear(visual_width, joint)
         if config.description_vision:
-            self.description_vision_slot_head = nn.Linear(visual_width, joint)
-            self.description_vision_token_head = nn.Linear(visual_width, joint)
+            width = config.description_vision_dim or joint
+            self.description_vision_slot_head = nn.Linear(visual_width, width)
+            self.description_vision_token_head = nn.Linear(visual_width, width)
         self._freeze_guidance_only_layers()
 
     def _freeze_guidance_only_layers(self) -> None:
