@@ -298,12 +298,12 @@ def test_interaction_off_builds_no_interaction_layers(config, batch):
             model.score(torch.zeros(1, 16), images, fusion=0.5)
 
 
-def _video_model(tiny_bert_dir, **video) -> LeccrModel:
+def _video_model(tiny_bert_dir, layer: dict | None = None, **video) -> LeccrModel:
     config = ModelConfig(
         vision=VisionConfig(name_or_path=None, config={}),
         video=VideoConfig(**{"width": 24, "layers": 1, "heads": 4, "max_frames": 6, **video}),
         text=TextConfig(name_or_path=str(tiny_bert_dir), max_tokens=16, description_max_tokens=32),
-        joint_dim=16, num_slots=2, slot_layers=1, interaction_layers=1, heads=4,
+        joint_dim=16, num_slots=2, slot_layers=1, interaction_layers=1, heads=4, **(layer or {}),
     )
     return build(config, modality="video", frame_dim=12).eval()
 
@@ -370,6 +370,14 @@ def test_video_model_trains_saves_and_loads(tiny_bert_dir, tmp_path):
     loaded = load_model(tmp_path / "video-model").eval()
     assert loaded.modality == "video" and loaded.frame_dim == 12
     assert torch.equal(loaded(batch, LOSS).loss, model(batch, LOSS).loss)
+
+
+def test_the_frame_encoder_takes_the_layer_settings_of_the_model(tiny_bert_dir):
+    reference = _video_model(tiny_bert_dir, layer={"mlp_ratio": 1, "dropout": 0.1}, width=None, heads=4)
+    default = _video_model(tiny_bert_dir, width=None, heads=4)
+    layer = reference.video.layers[0]
+    assert (layer.mlp[0].out_features, layer.attention.dropout, layer.dropout.p) == (12, 0.1, 0.1)  # the reference's SelfAttention
+    assert (default.video.layers[0].mlp[0].out_features, default.video.layers[0].attention.dropout) == (48, 0.0)
 
 
 def test_video_heads_must_divide_the_frame_width(tiny_bert_dir):

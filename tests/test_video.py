@@ -32,6 +32,10 @@ def test_video_recipes_carry_the_reference_settings(name, features):
     assert (video.width, video.layers, video.heads, video.pooling, video.positions) == (None, 1, 8, "mean", False)
     assert (recipe.eval.fusion, recipe.eval.fusion_mode) == (0.9, "minmax")
     assert (model.text.name_or_path, model.text.max_tokens, model.description_encoder) == ("bert-base-multilingual-cased", 200, "shared")
+    assert (model.mlp_ratio, model.dropout, model.slot_init) == (1, 0.1, "zeros")
+    assert model.description_vision_dim == {"msrvtt-cn": 4096, "vatex": 1024}[name]
+    assert (optim.betas, optim.eps, optim.no_decay) == ([0.9, 0.98], 1e-8, "names")
+    assert (recipe.data.lowercase, recipe.data.strip_punctuation, recipe.eval.gallery) == (True, "ascii", "language")
 
 
 def test_demo_video_recipes_validate():

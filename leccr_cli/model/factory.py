@@ -224,6 +224,8 @@ def _video_encoder(config: ModelConfig, frame_dim: int) -> VideoEncoder:
         video.max_frames,
         cls_token=video.pooling == "cls",
         positions=video.positions,
+        mlp_ratio=config.mlp_ratio,
+        dropout=config.dropout,
     )
 
 

@@ -65,7 +65,9 @@ class VideoEncoder(nn.Module):
     masked as keys, so they never change a real frame). `width=None` keeps the features'
     own width (the reference); a number projects the frames to it first. `cls_token` prepends
     a learned token to pool at; `positions` adds learned frame positions (the reference has
-    none). Returns the tokens [B, T, width] (CLS first when there is one) and their mask.
+    none). `mlp_ratio` and `dropout` are those of the model's cross-attention layers (1 and
+    0.1: the reference's `SelfAttention` layer). Returns the tokens [B, T, width] (CLS first
+    when there is one) and their mask.
     """
 
     def __init__(
@@ -78,6 +80,8 @@ class VideoEncoder(nn.Module):
         *,
         cls_token: bool = False,
         positions: bool = False,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.max_frames = max_frames
@@ -85,7 +89,7 @@ class VideoEncoder(nn.Module):
         self.input = nn.Linear(frame_dim, width) if width else None
         self.cls = nn.Parameter(torch.randn(1, 1, self.width) * 0.02) if cls_token else None
         self.positions = nn.Parameter(torch.randn(max_frames, self.width) * 0.02) if positions else None
-        self.layers = nn.ModuleList(CrossAttentionLayer(self.width, heads) for _ in range(layers))
+        self.layers = nn.ModuleList(CrossAttentionLayer(self.width, heads, mlp_ratio, dropout) for _ in range(layers))
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch, count = frames.shape[:2]
