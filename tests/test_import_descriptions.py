@@ -100,7 +100,7 @@ def test_each_format_round_trips_for_a_video_corpus(tmp_path, make, name):
     assert {(r["model"], r["prompt"]) for r in rows} == {("VideoChat2", "Describe the video in detail.")}
     with pytest.raises(CorpusError, match=r"1 of 4 ids in \S+ are not videos of \S+ \(first: video404\)"):
         import_descriptions(corpus, source, "strict", strict=True)
-    with pytest.raises(CorpusError, match=r"1 videos have no description.*first: video9.*import-descriptions \S+ SOURCE --name videochat2 --overwrite"):
+    with pytest.raises(CorpusError, match=r"1 video has no description.*first: video9.*import-descriptions \S+ SOURCE --name videochat2 --overwrite"):
         from leccr_cli.data.loading import check_descriptions
 
         check_descriptions(Corpus.open(corpus.path), "videochat2", ["video7010", "video9"])
