@@ -70,7 +70,7 @@ def _read_folder(folder: Path) -> dict[str, str]:
     empty = [image_id for image_id, text in found.items() if not text]
     if empty:
         raise CorpusError(
-            f"{folder}: {len(empty)} description files are empty (first: {first_few([i + '.txt' for i in empty])})",
+            f"{folder}: {len(empty)} description file{'s are' if len(empty) > 1 else ' is'} empty (first: {first_few([i + '.txt' for i in empty])})",
             "write them, or remove the files",
         )
     return found
