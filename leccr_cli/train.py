@@ -473,6 +473,11 @@ def _train_locked(
             f"disk full while writing {where} ({free_space(run_dir)} free there); {commands.kept()}",
             "free some space, then " + commands.resume_hint(),
         ) from None
+    # Free the DDP wrapper while every process still holds the process group: freeing it after
+    # `end_training` destroyed the group can hang in gloo's teardown once a peer has exited.
+    accelerator.wait_for_everyone()
+    del model, optimizer, loader, scheduler
+    accelerator.free_memory()
     accelerator.end_training()
     state = loop.state
     return TrainResult(run_dir, state.global_step, state.best_step, state.best_score, test_results, last_loss)
