@@ -40,12 +40,28 @@ def _positive() -> dict:
 
 @dataclass
 class SynthSpec:
-    """How to build the synthetic corpus when `data.corpus` does not exist yet."""
+    """How to build the synthetic corpus (`leccr data synth`) when `data.corpus` does not exist yet.
 
-    images: int = field(default=2000, metadata=_limits(30))
+    `modality: image` renders scenes (`images`, `image_size`); `modality: video` writes frame
+    features (`videos`, `frames`, `frame_dim`, `noise`). Unset keys take the generator's
+    defaults; keys of the other modality are refused.
+    """
+
+    modality: Literal["image", "video"] = "image"
+    images: int | None = field(default=None, metadata=_limits(30))
+    videos: int | None = field(default=None, metadata=_limits(30))
     langs: list[str] = field(default_factory=lambda: ["de", "fr", "cs"])
     seed: int = 0
-    image_size: int = field(default=64, metadata=_limits(16))
+    image_size: int | None = field(default=None, metadata=_limits(16))
+    frames: int | None = field(default=None, metadata=_limits(2))
+    frame_dim: int | None = field(default=None, metadata=_limits(8))
+    noise: float | None = field(default=None, metadata=_limits(0.0))
+
+    def generator_options(self) -> dict[str, Any]:
+        """The keyword arguments of the generator of `modality` that the recipe sets."""
+        keys = ("images", "image_size") if self.modality == "image" else ("videos", "frames", "frame_dim", "noise")
+        options = {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+        return {**options, "langs": list(self.langs), "seed": self.seed}
 
 
 @dataclass
@@ -91,12 +107,21 @@ class VisionConfig:
 
 @dataclass
 class VideoConfig:
-    """The frame-feature transformer used for video corpora."""
+    """The frame-feature encoder of video corpora (docs/architecture.md, "The model").
 
-    width: int = field(default=512, metadata=_positive())
+    As in the reference: self-attention layers over the frame features, then the masked mean
+    over frames (`pooling: mean`). `width: null` runs them on the features as they are (the
+    reference); a number adds a linear input projection to that width first. `pooling: cls`
+    prepends a learned CLS token and pools at it; `positions` adds learned frame positions
+    (the reference has none).
+    """
+
+    width: int | None = field(default=None, metadata=_positive())
     layers: int = field(default=1, metadata=_positive())
     heads: int = field(default=8, metadata=_positive())
     max_frames: int = field(default=64, metadata=_positive())
+    pooling: Literal["mean", "cls"] = "mean"
+    positions: bool = False
 
 
 @dataclass
@@ -194,6 +219,9 @@ class EvalConfig:
     langs: list[str] = field(default_factory=list)
     batch_size: int = field(default=128, metadata=_positive())
     fusion: float | None = field(default=None, metadata=_limits(0.0, 1.0))
+    # linear: fusion * global + (1 - fusion) * slot score; minmax: each score matrix min-max
+    # scaled to [0, 1] over the whole matrix first (the reference's video scoring)
+    fusion_mode: Literal["linear", "minmax"] = "linear"
     # language: each language against its own images (the corpus's gallery of the language);
     # all: every language against every image of the split
     gallery: Literal["language", "all"] = "language"
@@ -383,6 +411,29 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
                 f"{source}: {key}: set exactly one of name_or_path (a folder or Hub id) "
                 "and config (an inline config trained from scratch)"
             )
+    synth = data.synth
+    if synth is not None:
+        other = ("videos", "frames", "frame_dim", "noise") if synth.modality == "image" else ("images", "image_size")
+        for key in other:
+            if getattr(synth, key) is not None:
+                raise RecipeError(
+                    f"{source}: data.synth.{key}: belongs to the {'image' if synth.modality == 'video' else 'video'} "
+                    f"benchmark, but data.synth.modality is {synth.modality!r}",
+                    "remove it, or set data.synth.modality",
+                )
+    model = recipe.model
+    if recipe.eval.fusion is not None and (
+        model.variant == "baseline" or not (model.multi_level_matching or model.english_guidance)
+    ):
+        raise RecipeError(
+            f"{source}: eval.fusion: this model has no slot embeddings to fuse "
+            "(a baseline, or multi_level_matching and english_guidance both off)",
+            "set eval.fusion: null",
+        )
+    if recipe.eval.fusion_mode == "minmax" and recipe.eval.fusion is None:
+        raise RecipeError(
+            f"{source}: eval.fusion_mode: 'minmax' needs eval.fusion, the weight of the global scores (the reference's video setting is 0.9)"
+        )
     if len(recipe.optim.betas) != 2:
         raise RecipeError(f"{source}: optim.betas: expected two numbers [beta1, beta2], got {recipe.optim.betas}")
     if recipe.model.description_features == "cache" and recipe.model.description_encoder != "frozen":

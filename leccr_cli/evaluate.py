@@ -29,10 +29,11 @@ from leccr_cli.data.loading import (
 )
 from leccr_cli.data.slot_cache import open_slot_cache
 from leccr_cli.errors import CorpusError, EvaluationError, ModelError
-from leccr_cli.metrics import metrics_from_ranks, retrieval_ranks_from_rows
+from leccr_cli.metrics import metrics_from_ranks, minmax_fused_rows, retrieval_ranks_from_rows
 from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel, image_inputs, uses_slot_embeddings
 from leccr_cli.runs import run_of_model
 
+FUSION_MODES = ("linear", "minmax")
 GALLERY_MODES = ("language", "all")
 
 
@@ -252,6 +253,7 @@ def evaluate_languages(
     *,
     accelerator=None,
     fusion: float | None = None,
+    fusion_mode: str = "linear",
     translate_test: bool = False,
     batch_size: int | None = None,
     rebuild_from: str | None = None,
@@ -264,9 +266,15 @@ def evaluate_languages(
     and a language's score matrix is restricted to the columns of its own images. Every
     result holds the metrics of `metrics_from_ranks` plus `gallery` (the mode), `gallery_size`
     (images ranked) and `queries` (texts ranked).
+
+    `fusion` α mixes the global and best-slot scores: `fusion_mode` 'linear' scores
+    α·global + (1 − α)·slot, 'minmax' α·mm(global) + (1 − α)·mm(slot), each matrix min-max
+    scaled over all of the language's queries and its gallery (the reference's video scoring).
     """
     gallery = gallery or recipe.eval.gallery
     check_eval_languages(corpus, split, langs)
+    if fusion_mode not in FUSION_MODES:
+        raise EvaluationError(f"fusion mode {fusion_mode!r}: expected one of {', '.join(FUSION_MODES)}")
     if fusion is not None and not uses_slot_embeddings(model.config):
         raise ModelError(
             "--fusion needs slot embeddings; this model has none",
@@ -297,16 +305,34 @@ def evaluate_languages(
         text_embeds = text_embeds.to(images.global_embeds.device)
         _check_finite(model, "text", text_embeds)
 
-        def score_rows(start: int, stop: int) -> torch.Tensor:
-            with torch.inference_mode():
-                return model.score(text_embeds[start:stop], images, fusion=fusion)
-
+        budget = recipe.eval.memory_budget_mb
+        score_rows = _score_rows(model, text_embeds, images, fusion, fusion_mode, budget)
         labels = torch.tensor([columns[i] for i in owners])
-        ranks = retrieval_ranks_from_rows(
-            score_rows, len(texts), len(own), labels, memory_budget_mb=recipe.eval.memory_budget_mb
-        )
+        ranks = retrieval_ranks_from_rows(score_rows, len(texts), len(own), labels, memory_budget_mb=budget)
         results[lang] = {**metrics_from_ranks(ranks), "gallery": gallery, "gallery_size": len(own), "queries": len(texts)}
     return results
+
+
+def _score_rows(model: LeccrModel, text_embeds, gallery: ImageEmbeddings, fusion, fusion_mode: str, memory_budget_mb: int):
+    """The rows of the [queries, gallery] score matrix, block by block, as `fusion` and `fusion_mode` say."""
+
+    def rows_of(score):
+        def rows(start: int, stop: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return score(text_embeds[start:stop])
+
+        return rows
+
+    if fusion is None or fusion_mode == "linear":
+        return rows_of(lambda texts: model.score(texts, gallery, fusion=fusion))
+    return minmax_fused_rows(
+        rows_of(lambda texts: model.score(texts, gallery)),
+        rows_of(lambda texts: model.slot_scores(texts, gallery)),
+        len(text_embeds),
+        len(gallery.global_embeds),
+        fusion,
+        memory_budget_mb,
+    )
 
 
 def _check_finite(model: LeccrModel, what: str, *embeddings) -> None:

@@ -148,6 +148,41 @@ def retrieval_ranks_from_rows(
     return _count_ranks(score_rows, gt, labels, n_images, memory_budget_mb)
 
 
+def minmax_fused_rows(
+    global_rows: Callable[[int, int], Tensor],
+    slot_rows: Callable[[int, int], Tensor],
+    n_texts: int,
+    n_images: int,
+    alpha: float,
+    memory_budget_mb: float = 1024,
+) -> Callable[[int, int], Tensor]:
+    """`score_rows` of alpha * mm(G) + (1 - alpha) * mm(S), for `retrieval_ranks_from_rows`.
+
+    G (global scores) and S (best-slot scores) are [n_texts, n_images] matrices produced in row
+    blocks, like `score_rows`; mm scales a whole matrix to [0, 1] by its minimum and maximum
+    (the reference's fused video scoring). A first pass over the blocks finds both matrices'
+    minima and maxima, so neither is ever held whole; a constant matrix scales to 0.
+    """
+    _check_size(n_texts, n_images)
+    probe = _block(global_rows, 0, 1, n_images)
+    low = torch.full((2,), float("inf"), dtype=probe.dtype, device=probe.device)
+    high = torch.full((2,), float("-inf"), dtype=probe.dtype, device=probe.device)
+    for start, stop in _chunk_bounds(n_texts, n_images, memory_budget_mb, probe.device.type):
+        for which, rows in enumerate((global_rows, slot_rows)):
+            block = _block(rows, start, stop, n_images)
+            low[which] = torch.minimum(low[which], block.min())
+            high[which] = torch.maximum(high[which], block.max())
+    spread = high - low
+    scale = torch.where(spread > 0, 1 / spread, torch.zeros_like(spread))
+    weights = (alpha * scale[0], (1 - alpha) * scale[1])
+
+    def score_rows(start: int, stop: int) -> Tensor:
+        fused = (_block(global_rows, start, stop, n_images) - low[0]) * weights[0]
+        return fused.add_((_block(slot_rows, start, stop, n_images) - low[1]) * weights[1])
+
+    return score_rows
+
+
 def _count_ranks(score_rows, gt: Tensor, labels: Tensor, n_images: int, memory_budget_mb: float) -> Ranks:
     """One pass over finite rows: per row, the scores >= its ground truth; per column, >= its best caption."""
     n_texts, device = gt.numel(), gt.device

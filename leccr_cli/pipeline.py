@@ -28,6 +28,7 @@ from leccr_cli.data.loading import (
 )
 from leccr_cli.data.slot_cache import open_slot_cache
 from leccr_cli.data.synth import build_synthetic
+from leccr_cli.data.synth_video import build_synthetic_video
 from leccr_cli.errors import CorpusError, LeccrError
 from leccr_cli.model.factory import build_model
 from leccr_cli.model.leccr import LeccrModel, uses_descriptions
@@ -53,8 +54,9 @@ def ensure_corpus(recipe: Recipe, state) -> Corpus:
                 "build it with `leccr data synth`, `leccr data import-multi30k` or `leccr data import-nrccr`",
             )
         if state.is_main_process:
-            with err_console.status(f"Building the synthetic corpus in {path} ..."):
-                build_synthetic(path, images=synth.images, langs=synth.langs, seed=synth.seed, image_size=synth.image_size)
+            build = build_synthetic_video if synth.modality == "video" else build_synthetic
+            with err_console.status(f"Building the synthetic {synth.modality} corpus in {path} ..."):
+                build(path, **synth.generator_options())
         state.wait_for_everyone()
     return Corpus.open(path)
 

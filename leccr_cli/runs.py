@@ -270,14 +270,15 @@ def eval_json_name(
     split: str,
     fusion: float | None = None,
     translate_test: bool = False,
+    fusion_mode: str = "linear",
     gallery: str = "language",
     corpus: str | None = None,
 ) -> str:
-    """eval/<lang>-<split>.json, with -fusion<A> / -translate-test / -gallery-all for the other scoring modes
-    and -on-<corpus> when the queries and gallery come from another corpus than the run's."""
+    """eval/<lang>-<split>.json, with -fusion<A> (linear) or -minmax<A>, -translate-test and -gallery-all for
+    the other scoring modes, and -on-<corpus> when the queries and gallery come from another corpus than the run's."""
     name = f"{lang}-{split}"
     if fusion is not None:
-        name += f"-fusion{fusion:g}"
+        name += f"-{'minmax' if fusion_mode == 'minmax' else 'fusion'}{fusion:g}"
     if translate_test:
         name += "-translate-test"
     if gallery != "language":
@@ -316,12 +317,13 @@ def write_eval_json(
     *,
     fusion: float | None = None,
     translate_test: bool = False,
+    fusion_mode: str = "linear",
     gallery: str = "language",
     corpus: Path | None = None,
     corpus_label: str | None = None,
 ) -> Path:
-    """Write the metrics (and how they were scored: fusion, translate-test, gallery mode and size) to
-    eval/<name> in a run folder (see `eval_json_name`).
+    """Write the metrics (and how they were scored: fusion and its mode, translate-test, gallery mode and
+    size) to eval/<name> in a run folder (see `eval_json_name`).
 
     `corpus` (the corpus folder evaluated) is recorded; `corpus_label` names another corpus than
     the run's in the file name, so the run's own results are never overwritten by it.
@@ -330,10 +332,13 @@ def write_eval_json(
         "lang": lang,
         "split": split,
         "fusion": fusion,
+        "fusion_mode": fusion_mode if fusion is not None else None,
         "translate_test": translate_test,
         "gallery": gallery,
         "corpus": None if corpus is None else str(corpus),
         **metrics,
     }
-    name = eval_json_name(lang, split, fusion, translate_test, gallery=gallery, corpus=corpus_label)
+    name = eval_json_name(
+        lang, split, fusion, translate_test, fusion_mode=fusion_mode, gallery=gallery, corpus=corpus_label
+    )
     return write_metrics_json(record, Path(run_dir) / EVAL_DIR / name)

@@ -152,6 +152,7 @@ class _Loop:
             self.recipe,
             accelerator=self.accelerator,
             fusion=self.recipe.eval.fusion,
+            fusion_mode=self.recipe.eval.fusion_mode,
             rebuild_from=self.rebuild_from,
             gallery=self.recipe.eval.gallery,
         )
@@ -309,8 +310,8 @@ class _Loop:
             append_records(self.run_dir / METRICS_FILE, ({**where, "lang": lang, **m} for lang, m in results.items()))
             for lang, metrics in results.items():
                 write_eval_json(
-                    self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion, gallery=self.recipe.eval.gallery,
-                    corpus=self.corpus.path,
+                    self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion,
+                    fusion_mode=self.recipe.eval.fusion_mode, gallery=self.recipe.eval.gallery, corpus=self.corpus.path,
                 )
             title = f"{self.run_dir.name}: best model (step {self.state.best_step}) on {split}"
             console.print(metrics_table(results, title=title))
@@ -472,6 +473,11 @@ def _train_locked(
             f"disk full while writing {where} ({free_space(run_dir)} free there); {commands.kept()}",
             "free some space, then " + commands.resume_hint(),
         ) from None
+    # Free the DDP wrapper while every process still holds the process group: freeing it after
+    # `end_training` destroyed the group can hang in gloo's teardown once a peer has exited.
+    accelerator.wait_for_everyone()
+    del model, optimizer, loader, scheduler
+    accelerator.free_memory()
     accelerator.end_training()
     state = loop.state
     return TrainResult(run_dir, state.global_step, state.best_step, state.best_score, test_results, last_loss)

@@ -79,14 +79,31 @@ def test_cli_records_model_and_prompt_and_reports_gaps(corpus, tmp_path):
     assert "│ qwen   │ 2 / 3 │ 1 / 2 │" in info.output
 
 
-def test_video_corpus(tmp_path):
-    videos = [ImageRow("video7010", "train", "video7010"), ImageRow("video7011", "test", "video7011")]
-    caps = [Caption(f"{v.image_id}#enc#0", v.image_id, v.split, "en", "human", "A man cooks.") for v in videos]
+VIDEO_TEXTS = {
+    "video7011": "A woman sings on a stage.\nThe crowd claps.",
+    "video7010": "A man cooks pasta in a small kitchen.",
+    "-0Cu7Q4wY_8_000059_000069": "一个男人在弹吉他。",
+}
+
+
+@pytest.mark.parametrize("make, name", [(_folder, "videochat2"), (_jsonl, "v.jsonl"), (_tsv, "v.tsv")])
+def test_each_format_round_trips_for_a_video_corpus(tmp_path, make, name):
+    videos = [ImageRow(v, split, v) for v, split in zip(VIDEO_TEXTS, ("train", "train", "test"))] + [ImageRow("video9", "val", "video9")]
+    caps = [Caption(f"{v.image_id}#enc#0", v.image_id, v.split, "en", "human", "A clip.") for v in videos]
     corpus = write_corpus(tmp_path / "vc", name="msrvtt", modality="video", media_root=".", images=videos, captions=caps)
-    source = _tsv(tmp_path / "v.tsv", {"video7011": "A woman sings on a stage.", "video7010": "A man cooks pasta."})
-    report = import_descriptions(corpus, source, "videochat2", model="VideoChat2")
-    assert report.written == 2
-    assert Corpus.open(corpus.path).descriptions("videochat2") == {"video7010": "A man cooks pasta.", "video7011": "A woman sings on a stage."}
+    source = make(tmp_path / name, {**VIDEO_TEXTS, "video404": "Not in the corpus."})
+    report = import_descriptions(corpus, source, "videochat2", model="VideoChat2", prompt="Describe the video in detail.")
+    assert (report.written, report.images, report.unknown, report.missing) == (3, 4, ["video404"], ["video9"])
+    rows = Corpus.open(corpus.path).description_rows("videochat2")
+    expected = {v: t.replace("\n", " ") if make is _tsv else t for v, t in VIDEO_TEXTS.items()}
+    assert [(r["image_id"], r["text"]) for r in rows] == list(expected.items())
+    assert {(r["model"], r["prompt"]) for r in rows} == {("VideoChat2", "Describe the video in detail.")}
+    with pytest.raises(CorpusError, match=r"1 of 4 ids in \S+ are not videos of \S+ \(first: video404\)"):
+        import_descriptions(corpus, source, "strict", strict=True)
+    with pytest.raises(CorpusError, match=r"1 video has no description.*first: video9.*import-descriptions \S+ SOURCE --name videochat2 --overwrite"):
+        from leccr_cli.data.loading import check_descriptions
+
+        check_descriptions(Corpus.open(corpus.path), "videochat2", ["video7010", "video9"])
 
 
 def test_existing_source_needs_overwrite(corpus, tmp_path):

@@ -127,8 +127,8 @@ def test_cli_with_flickr30k_captions(multi30k_text, flickr_placeholders, tmp_pat
     output = " ".join(result.output.split())
     assert "train 29000, val 1014, test 1000 images" in output
     assert "Flickr30K: 144990 English captions for 28998 of 29000 training images (replacing their task1 English caption)" in output
-    assert f"2 images of results_20130124.token (10 captions) are not Multi30K training images and were ignored (first: {val_name}, {test_name})" in output
-    assert f"2 training images have no Flickr30K caption in results_20130124.token and keep their task1 English caption (first: {train_names[-2]}, {train_names[-1]})" in output
+    assert f"2 images of results_20130124.token (10 captions) not among the Multi30K training images, ignored (first: {val_name}, {test_name})" in output
+    assert f"2 training images without a Flickr30K caption in results_20130124.token keep the task1 English caption (first: {train_names[-2]}, {train_names[-1]})" in output
 
     corpus = Corpus.open(out)
     english = corpus.captions("train", "en")
@@ -224,10 +224,10 @@ def test_flickr30k_caption_formats(small_multi30k, tmp_path, write):
     assert corpus.captions("val", "en")[0].cap_id == "1018148011#en#0"  # val keeps task1
     assert report.notes == [
         f"Flickr30K: 15 English captions for 3 of 4 training images (replacing their task1 English caption) from {captions_file}",
-        f"Flickr30K: 1 images of {captions_file.name} (1 captions) are not Multi30K training images and were ignored (first: 1018148011.jpg)",
+        f"Flickr30K: 1 image of {captions_file.name} (1 caption) not among the Multi30K training images, ignored (first: 1018148011.jpg)",
     ]
     assert report.warnings == [
-        f"1 training images have no Flickr30K caption in {captions_file.name} and keep their task1 English caption (first: 1000344755.jpg)"
+        f"1 training image without a Flickr30K caption in {captions_file.name} keeps the task1 English caption (first: 1000344755.jpg)"
     ]
 
 

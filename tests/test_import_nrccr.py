@@ -228,7 +228,7 @@ def test_video_corpus_with_frame_features(tmp_path):
     batch, mask = features.batch(["v2", "v1"], max_frames=8)
     assert mask.tolist() == [[True, True, False], [True, True, True]]
     info = runner.invoke(app, ["data", "info", str(tmp_path / "out")])
-    assert "Frame features: i3d" in info.output
+    assert "Frame features: i3d (2 videos, 2-3 frames of 4 values)" in " ".join(info.output.split())
 
 
 def test_bad_modality(tmp_path):

@@ -106,7 +106,7 @@ def test_training_set_choices_depend_on_epoch_only(synthetic_corpus, tiny_bert_d
 
 def test_missing_description_is_named(synthetic_corpus):
     corpus = Corpus.open(synthetic_corpus)
-    with pytest.raises(CorpusError, match="have no description in descriptions/synthetic.*first: ghost.*leccr caption"):
+    with pytest.raises(CorpusError, match="has no description in descriptions/synthetic.*first: ghost.*leccr caption"):
         check_descriptions(corpus, "synthetic", ["ghost"])
 
 

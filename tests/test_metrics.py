@@ -1,5 +1,6 @@
 """Retrieval metrics: exact against a brute-force argsort reference, ties, chunking, dtypes, bad input."""
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -8,6 +9,7 @@ from leccr_cli.errors import EvaluationError
 from leccr_cli.metrics import (
     metrics_from_ranks,
     metrics_table,
+    minmax_fused_rows,
     recall_metrics,
     retrieval_ranks,
     retrieval_ranks_from_rows,
@@ -262,6 +264,49 @@ def test_row_blocks_that_change_between_calls_are_refused():
 
     with pytest.raises(RuntimeError, match="different scores"):
         retrieval_ranks_from_rows(drifting, 4, 4, [0, 1, 2, 3])
+
+
+def _minmax_oracle(global_scores: np.ndarray, slot_scores: np.ndarray, alpha: float) -> np.ndarray:
+    """The reference's fused video scores, whole matrices at once in numpy."""
+
+    def scaled(matrix):
+        spread = matrix.max() - matrix.min()
+        return (matrix - matrix.min()) / spread if spread > 0 else np.zeros_like(matrix)
+
+    return alpha * scaled(global_scores) + (1 - alpha) * scaled(slot_scores)
+
+
+@pytest.mark.parametrize("budget", [1e-6, 1024])
+def test_minmax_fusion_equals_a_numpy_oracle_block_by_block(budget):
+    generator = torch.Generator().manual_seed(4)
+    # the slot scores live on another scale than the global ones, so min-max and linear fusion rank differently
+    global_scores = torch.rand(36, 12, generator=generator, dtype=torch.float64) * 0.2 + 0.3
+    slot_scores = torch.randn(36, 12, generator=generator, dtype=torch.float64) * 3 - 1
+    labels = _labels(12, 3, generator)
+    calls = []
+
+    def rows_of(matrix):
+        def rows(start, stop):
+            calls.append((start, stop))
+            return matrix[start:stop]
+
+        return rows
+
+    score_rows = minmax_fused_rows(rows_of(global_scores), rows_of(slot_scores), 36, 12, 0.9, memory_budget_mb=budget)
+    fused = torch.cat([score_rows(j, j + 1) for j in range(36)])
+    oracle = _minmax_oracle(global_scores.numpy(), slot_scores.numpy(), 0.9)
+    np.testing.assert_allclose(fused.numpy(), oracle, rtol=0, atol=1e-12)
+    ranks = retrieval_ranks_from_rows(score_rows, 36, 12, labels, memory_budget_mb=budget)
+    assert metrics_from_ranks(ranks) == recall_metrics(torch.from_numpy(oracle), labels)
+    assert metrics_from_ranks(ranks) != recall_metrics(0.9 * global_scores + 0.1 * slot_scores, labels)
+    assert max(stop - start for start, stop in calls) == (1 if budget == 1e-6 else 36)
+
+
+def test_minmax_fusion_of_a_constant_matrix_ranks_by_the_other():
+    global_scores, slot_scores = torch.full((4, 4), 0.5), torch.eye(4) * 2 + 1
+    score_rows = minmax_fused_rows(lambda a, b: global_scores[a:b], lambda a, b: slot_scores[a:b], 4, 4, 0.9)
+    assert torch.allclose(score_rows(0, 4), 0.1 * torch.eye(4))
+    assert recall_metrics(score_rows(0, 4), [0, 1, 2, 3])["sumr"] == 600
 
 
 # ----------------------------------------------------------------------------- bad input

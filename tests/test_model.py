@@ -298,14 +298,53 @@ def test_interaction_off_builds_no_interaction_layers(config, batch):
             model.score(torch.zeros(1, 16), images, fusion=0.5)
 
 
-def test_video_model_masks_padded_frames(tiny_bert_dir, tmp_path):
+def _video_model(tiny_bert_dir, layer: dict | None = None, **video) -> LeccrModel:
     config = ModelConfig(
         vision=VisionConfig(name_or_path=None, config={}),
-        video=VideoConfig(width=24, layers=1, heads=4, max_frames=6),
+        video=VideoConfig(**{"width": 24, "layers": 1, "heads": 4, "max_frames": 6, **video}),
         text=TextConfig(name_or_path=str(tiny_bert_dir), max_tokens=16, description_max_tokens=32),
-        joint_dim=16, num_slots=2, slot_layers=1, interaction_layers=1, heads=4,
+        joint_dim=16, num_slots=2, slot_layers=1, interaction_layers=1, heads=4, **(layer or {}),
     )
-    model = build(config, modality="video", frame_dim=12).eval()
+    return build(config, modality="video", frame_dim=12).eval()
+
+
+@pytest.mark.parametrize(
+    "video", [{"pooling": "mean"}, {"pooling": "cls"}, {"pooling": "mean", "positions": True, "width": None, "heads": 3}]
+)
+def test_padding_frames_never_change_a_video(tiny_bert_dir, video):
+    model = _video_model(tiny_bert_dir, **video)
+    assert (model.video.cls is None) == (video["pooling"] == "mean")
+    assert model.video.width == (video.get("width", 24) or 12) and (model.video.input is None) == ("width" in video)
+    descriptions = model.tokenize(["a man is playing in the street", "two dogs in the water", "a woman sitting"], 32)
+    frames = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(0))
+    lengths = [5, 3, 1]
+    alone = [
+        model.embed_images(
+            frames=frames[i : i + 1, :length],
+            frame_mask=torch.ones(1, length, dtype=torch.bool),
+            description_ids=descriptions["input_ids"][i : i + 1],
+            description_mask=descriptions["attention_mask"][i : i + 1],
+        )
+        for i, length in enumerate(lengths)
+    ]
+    frame_mask = torch.arange(6)[None] < torch.tensor(lengths)[:, None]
+    padded = torch.cat([frames, torch.zeros(3, 1, 12)], dim=1).masked_fill(~frame_mask[..., None], 99.0)
+    together = model.embed_images(frames=padded, frame_mask=frame_mask, **{
+        "description_ids": descriptions["input_ids"], "description_mask": descriptions["attention_mask"]})
+    for i in range(3):
+        assert torch.allclose(together.global_embeds[i], alone[i].global_embeds[0], atol=1e-5)
+        assert torch.allclose(together.slot_embeds[i], alone[i].slot_embeds[0], atol=1e-5)
+    if video["pooling"] == "mean":  # h_v is the projected mean of the real frames' interaction outputs
+        tokens, mask = model.video(padded, frame_mask)
+        memory, memory_mask = model._description_memory(descriptions["input_ids"], descriptions["attention_mask"], None, None)
+        slots = model.slot_generator(model.slot_queries.expand(3, -1, -1), memory, memory_mask)
+        visual = model.visual_over_slots(tokens, slots)
+        expected = torch.stack([visual[i, :length].mean(0) for i, length in enumerate(lengths)])
+        assert torch.allclose(together.global_embeds, torch.nn.functional.normalize(model.image_head(expected), dim=-1), atol=1e-5)
+
+
+def test_video_model_trains_saves_and_loads(tiny_bert_dir, tmp_path):
+    model = _video_model(tiny_bert_dir)
     captions = model.tokenize(["a man playing", "two dogs", "a woman sitting"], 16)
     descriptions = model.tokenize(["a man is playing in the street", "two dogs in the water", "a woman sitting"], 32)
     frames = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(0))
@@ -331,6 +370,19 @@ def test_video_model_masks_padded_frames(tiny_bert_dir, tmp_path):
     loaded = load_model(tmp_path / "video-model").eval()
     assert loaded.modality == "video" and loaded.frame_dim == 12
     assert torch.equal(loaded(batch, LOSS).loss, model(batch, LOSS).loss)
+
+
+def test_the_frame_encoder_takes_the_layer_settings_of_the_model(tiny_bert_dir):
+    reference = _video_model(tiny_bert_dir, layer={"mlp_ratio": 1, "dropout": 0.1}, width=None, heads=4)
+    default = _video_model(tiny_bert_dir, width=None, heads=4)
+    layer = reference.video.layers[0]
+    assert (layer.mlp[0].out_features, layer.attention.dropout, layer.dropout.p) == (12, 0.1, 0.1)  # the reference's SelfAttention
+    assert (default.video.layers[0].mlp[0].out_features, default.video.layers[0].attention.dropout) == (48, 0.0)
+
+
+def test_video_heads_must_divide_the_frame_width(tiny_bert_dir):
+    with pytest.raises(ModelError, match=r"model.video.heads=5 does not divide the frame-feature width \(model.video.width: null\) \(12\)"):
+        _video_model(tiny_bert_dir, width=None, heads=5)
 
 
 def test_interpolated_position_embeddings(tiny_clip_dir, tiny_bert_dir, batch):

@@ -66,8 +66,13 @@ def test_evaluate_reads_the_run_and_matches_training(trained_run):
         assert written[key] == pytest.approx(from_training[key])
     fused = runner.invoke(app, ["evaluate", str(trained_run), "--lang", "de", "--fusion", "0.5", "--json", str(trained_run / "all.json")])
     assert fused.exit_code == 0, fused.output
-    assert (trained_run / "eval" / "de-test-fusion0.5.json").is_file()
+    assert json.loads((trained_run / "eval" / "de-test-fusion0.5.json").read_text())["fusion_mode"] == "linear"
     assert set(json.loads((trained_run / "all.json").read_text())) == {"de"}
+    minmax = runner.invoke(app, ["evaluate", str(trained_run), "--lang", "de", "--fusion-mode", "minmax", "--fusion", "0.9"])
+    assert minmax.exit_code == 0, minmax.output
+    record = json.loads((trained_run / "eval" / "de-test-minmax0.9.json").read_text())
+    assert record["fusion"] == 0.9 and record["fusion_mode"] == "minmax" and 0 <= record["t2i_r1"] <= 100
+    assert json.loads((trained_run / "eval" / "de-test.json").read_text())["fusion_mode"] is None
 
 
 def test_evaluate_translate_test_and_all_languages(trained_run):
@@ -86,6 +91,8 @@ def test_evaluate_bad_input(trained_run, tmp_path):
         ([str(trained_run), "--split", "dev"], "no split 'dev' (available: train, val, test)"),
         ([str(tmp_path)], "is not a run folder"),
         ([str(trained_run), "--scores", "x.safetensors"], "--scores and --labels go together"),
+        ([str(trained_run), "--fusion-mode", "minmax"], "--fusion-mode minmax needs --fusion ALPHA"),
+        ([str(trained_run), "--fusion-mode", "cubic", "--fusion", "0.5"], "--fusion-mode 'cubic': expected linear or minmax"),
     ]:
         result = runner.invoke(app, ["evaluate", *args])
         assert result.exit_code == 2, result.output
@@ -244,16 +251,40 @@ def _video_corpus(folder: Path) -> Path:
     return folder
 
 
-def test_a_video_corpus_trains_and_evaluates(tmp_path):
-    corpus = _video_corpus(tmp_path / "videos")
-    raw = tiny_recipe(corpus, data={"target_langs": ["de"]}, model={**tiny_recipe(corpus)["model"], "video": {"width": 32, "layers": 1, "heads": 4, "max_frames": 4}, "num_slots": 2})
-    raw["optim"]["max_steps"] = 4
-    result = train(recipe_from_dict(raw), tmp_path / "run")
-    assert set(result.test) == {"de"} and 0 <= result.test["de"]["t2i_r1"] <= 100
+def test_a_video_corpus_trains_and_evaluates_with_minmax_fusion(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from leccr_cli.evaluate import encode_gallery, encode_texts, evaluate_languages, query_captions
+    from leccr_cli.metrics import recall_metrics
     from leccr_cli.model.factory import load_model
+
+    corpus = _video_corpus(tmp_path / "videos")
+    video = {"width": 32, "layers": 1, "heads": 4, "max_frames": 4}
+    raw = tiny_recipe(corpus, data={"target_langs": ["de"]}, model={**tiny_recipe(corpus)["model"], "video": video, "num_slots": 2})
+    raw["optim"]["max_steps"] = 4
+    raw["eval"].update(fusion=0.9, fusion_mode="minmax")
+    recipe = recipe_from_dict(raw)
+    result = train(recipe, tmp_path / "run")
+    assert set(result.test) == {"de"}
+    written = json.loads((tmp_path / "run" / "eval" / "de-test-minmax0.9.json").read_text())
+    assert written["fusion_mode"] == "minmax" and written["sumr"] == result.test["de"]["sumr"]
 
     model = load_model(tmp_path / "run" / "model")
     assert model.modality == "video" and model.frame_dim == 12
+    # the fused scores of the whole test matrix, min-max scaled at once in numpy
+    opened = Corpus.open(corpus)
+    image_ids, gallery = encode_gallery(model, opened, "test", recipe)
+    texts, owners = query_captions(opened, "test", "de")
+    text_embeds = encode_texts(model, texts, recipe)
+    global_scores = (text_embeds @ gallery.global_embeds.T).double().numpy()
+    slot_scores = model.slot_scores(text_embeds, gallery).double().numpy()
+    scaled = [(m - m.min()) / (m.max() - m.min()) for m in (global_scores, slot_scores)]
+    oracle = recall_metrics(torch.from_numpy(0.9 * scaled[0] + 0.1 * scaled[1]), [image_ids.index(i) for i in owners])
+    row_by_row = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, memory_budget_mb=1e-6))
+    for metrics in (result.test["de"], evaluate_languages(model, opened, "test", ["de"], row_by_row, fusion=0.9, fusion_mode="minmax")["de"]):
+        assert metrics == pytest.approx({**oracle, "gallery": "language", "gallery_size": len(image_ids), "queries": len(texts)})
 
 
 def test_tensorboard_tracker_logs_the_loss(synthetic_corpus, tmp_path):

@@ -186,13 +186,15 @@ def import_descriptions_command(
     )
     if report.unknown:
         err_console.print(
-            f"[yellow]warning:[/] ignored {len(report.unknown)} ids that {escape(str(corpus.path))} lacks "
+            f"[yellow]warning:[/] ignored {len(report.unknown)} id{'s' if len(report.unknown) > 1 else ''} that "
+            f"{escape(str(corpus.path))} lacks "
             f"(first: {escape(first_few(report.unknown))}); --strict refuses them",
             soft_wrap=True,
         )
     if report.missing:
         err_console.print(
-            f"[yellow]warning:[/] {len(report.missing)} {corpus.modality}s have no description "
+            f"[yellow]warning:[/] {len(report.missing)} {corpus.modality}{'s have' if len(report.missing) > 1 else ' has'} "
+            "no description "
             f"(first: {escape(first_few(report.missing))}); training with descriptions {name!r} refuses them until they are written",
             soft_wrap=True,
         )
@@ -298,4 +300,11 @@ def info_command(corpus_path: Path = typer.Argument(..., metavar="CORPUS", help=
     )
     videos = corpus.video_feature_sets()
     if meta.modality == "video" or videos:
-        console.print("Frame features: " + (", ".join(videos) if videos else "none"))
+        from leccr_cli.data.video import FrameFeatures
+
+        described_sets = []
+        for name in videos:
+            features = FrameFeatures(corpus.path / "video" / f"{name}.safetensors")
+            lengths = features.lengths()
+            described_sets.append(f"{name} ({len(lengths)} videos, {min(lengths)}-{max(lengths)} frames of {features.dim} values)")
+        console.print("Frame features: " + ("; ".join(described_sets) if described_sets else "none"))

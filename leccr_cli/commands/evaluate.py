@@ -25,7 +25,19 @@ def evaluate_command(
     ),
     split: str | None = typer.Option(None, "--split", help="Split to evaluate (default: the recipe's test split)."),
     fusion: float | None = typer.Option(
-        None, "--fusion", min=0.0, max=1.0, metavar="ALPHA", help="Score alpha * global + (1 - alpha) * best slot score."
+        None,
+        "--fusion",
+        min=0.0,
+        max=1.0,
+        metavar="ALPHA",
+        help="Score alpha * global + (1 - alpha) * best slot score (default: the run recipe's eval.fusion; none = global only).",
+    ),
+    fusion_mode: str | None = typer.Option(
+        None,
+        "--fusion-mode",
+        metavar="MODE",
+        help="linear: mix the scores as they are; minmax: min-max scale each score matrix to [0, 1] first, "
+        "the reference's video scoring (default: the run recipe's eval.fusion_mode, linear unless it says otherwise).",
     ),
     translate_test: bool = typer.Option(
         False, "--translate-test", help="Score the English machine translation of each query (origin mt, translated from it)."
@@ -49,7 +61,7 @@ def evaluate_command(
 ) -> None:
     """Recall@1/5/10 both ways and SumR of a trained run, per query language.
 
-    The images are embedded once; queries are the human captions of each language, ranked against that language's gallery (--gallery). Results are printed as a table and written to eval/<lang>-<split>.json in the run (-gallery-all with --gallery all). --batch-size defaults to the recipe's eval.batch_size.
+    The images are embedded once; queries are the human captions of each language, ranked against that language's gallery (--gallery). Results are printed as a table and written to eval/<lang>-<split>.json in the run (-fusion<A> or -minmax<A> with --fusion, -gallery-all with --gallery all). --batch-size defaults to the recipe's eval.batch_size.
 
     With --scores and --labels, score a saved similarity matrix instead (no model needed), so external systems can be compared on the same split. A tie with the ground truth counts as a miss.
     """
@@ -60,26 +72,30 @@ def evaluate_command(
         check_json_path(json_path)  # before any work: a folder or an unwritable place is refused at once
     if scores is not None or labels is not None:
         used = [name for name, value in (("RUN", run), ("--lang", langs), ("--split", split), ("--fusion", fusion),
-                                         ("--translate-test", translate_test or None), ("--corpus", corpus),
-                                         ("--gallery", gallery)) if value]
+                                         ("--fusion-mode", fusion_mode), ("--translate-test", translate_test or None),
+                                         ("--corpus", corpus), ("--gallery", gallery)) if value]
         if scores is None or labels is None:
             raise LeccrError("--scores and --labels go together", "give both files, or neither to evaluate a run")
         if used:
             raise LeccrError(f"{', '.join(used)} cannot be combined with --scores", "--scores evaluates a saved matrix, not a run")
         _evaluate_scores(scores, labels, json_path, memory_budget or 1024)
         return
-    _evaluate_run(run, langs, split, fusion, translate_test, corpus, batch_size, device, json_path, memory_budget, gallery)
+    if fusion_mode is not None and fusion_mode not in ("linear", "minmax"):
+        raise LeccrError(f"--fusion-mode {fusion_mode!r}: expected linear or minmax")
+    _evaluate_run(
+        run, langs, split, fusion, fusion_mode, translate_test, corpus, batch_size, device, json_path, memory_budget, gallery
+    )
 
 
 def _evaluate_run(
-    run, langs, split, fusion, translate_test, corpus_path, batch_size, device, json_path, memory_budget, gallery
+    run, langs, split, fusion, fusion_mode, translate_test, corpus_path, batch_size, device, json_path, memory_budget, gallery
 ) -> None:
     import dataclasses
 
     from leccr_cli.console import console
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.devices import select_device
-    from leccr_cli.errors import EvaluationError
+    from leccr_cli.errors import EvaluationError, LeccrError
     from leccr_cli.evaluate import GALLERY_MODES, eval_languages, evaluate_languages
     from leccr_cli.metrics import write_metrics_json
     from leccr_cli.runs import latest_run, load_run, other_corpus_label, write_eval_json
@@ -90,6 +106,10 @@ def _evaluate_run(
     recipe, model = load_run(run_dir)
     if memory_budget is not None:
         recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, memory_budget_mb=memory_budget))
+    fusion = fusion if fusion is not None else recipe.eval.fusion
+    fusion_mode = fusion_mode or recipe.eval.fusion_mode
+    if fusion is None and fusion_mode == "minmax":
+        raise LeccrError("--fusion-mode minmax needs --fusion ALPHA, the weight of the global scores", "e.g. --fusion 0.9 (the reference's video setting)")
     corpus = Corpus.open(corpus_path or recipe.data.corpus)
     split = split or recipe.data.test_split
     languages = eval_languages(corpus, split, langs, recipe.eval.langs or recipe.data.target_langs)
@@ -102,6 +122,7 @@ def _evaluate_run(
         languages,
         recipe,
         fusion=fusion,
+        fusion_mode=fusion_mode,
         translate_test=translate_test,
         batch_size=batch_size,
         gallery=gallery,
@@ -109,12 +130,12 @@ def _evaluate_run(
     label = other_corpus_label(recipe, corpus.name, corpus.path)
     written = [
         write_eval_json(
-            run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test, gallery=gallery,
-            corpus=corpus.path.resolve(), corpus_label=label,
+            run_dir, lang, split, metrics, fusion=fusion, translate_test=translate_test, fusion_mode=fusion_mode,
+            gallery=gallery, corpus=corpus.path.resolve(), corpus_label=label,
         )
         for lang, metrics in results.items()
     ]
-    mode = "".join([f", fusion {fusion:g}" if fusion is not None else "", ", translate-test" if translate_test else ""])
+    mode = "".join([f", fusion {fusion:g} ({fusion_mode})" if fusion is not None else "", ", translate-test" if translate_test else ""])
     on = f" on corpus {label} ({corpus.path})" if label is not None else ""
     sizes = ", ".join(f"{lang} {m['queries']} queries x {m['gallery_size']} images" for lang, m in results.items())
     _report(results, title=f"{run_dir}: {split}{mode}{on}", row_header="lang", note=f"gallery: {gallery} ({sizes})")

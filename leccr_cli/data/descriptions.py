@@ -85,7 +85,7 @@ def _read_folder(folder: Path) -> dict[str, str]:
     empty = [image_id for image_id, text in found.items() if not text]
     if empty:
         raise CorpusError(
-            f"{folder}: {len(empty)} description files are empty (first: {first_few([i + '.txt' for i in empty])})",
+            f"{folder}: {len(empty)} description file{'s are' if len(empty) > 1 else ' is'} empty (first: {first_few([i + '.txt' for i in empty])})",
             "write them, or remove the files",
         )
     return found
@@ -161,11 +161,12 @@ def import_descriptions(
         raise CorpusError(f"{folder} exists", "pass --overwrite to replace it, or choose another --name")
     found = read_descriptions(source)
     gallery = list(dict.fromkeys(row.image_id for row in corpus.images()))
+    kind = corpus.modality  # image or video
     known = set(gallery)
     unknown = [image_id for image_id in found if image_id not in known]
     if unknown and strict:
         raise CorpusError(
-            f"{len(unknown)} of {len(found)} ids in {source} are not images of {corpus.path} (first: {first_few(unknown)})",
+            f"{len(unknown)} of {len(found)} ids in {source} are not {kind}s of {corpus.path} (first: {first_few(unknown)})",
             "remove them, or leave out --strict to ignore them",
         )
     rows = [
@@ -175,8 +176,9 @@ def import_descriptions(
     ]
     if not rows:
         raise CorpusError(
-            f"none of the {len(found)} ids in {source} is an image of {corpus.path} (first: {first_few(unknown)})",
-            f"ids are the corpus's image ids, e.g. {first_few(gallery, 2)}",
+            f"none of the {len(found)} ids in {source} is {'an' if kind == 'image' else 'a'} {kind} of {corpus.path} "
+            f"(first: {first_few(unknown)})",
+            f"ids are the corpus's {kind} ids, e.g. {first_few(gallery, 2)}",
         )
     corpus.write_descriptions(name, rows)
     missing = [image_id for image_id in gallery if image_id not in found]

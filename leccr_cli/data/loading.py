@@ -222,8 +222,10 @@ def check_descriptions(corpus: Corpus, source: str, image_ids: Sequence[str]) ->
     missing = [i for i in image_ids if not descriptions.get(i, "").strip()]
     if missing:
         raise CorpusError(
-            f"{len(missing)} images have no description in descriptions/{source} of {corpus.path} (first: {missing[0]})",
-            f"write them with `leccr caption {corpus.path}`",
+            f"{len(missing)} {corpus.modality}{'s have' if len(missing) > 1 else ' has'} no description in "
+            f"descriptions/{source} of {corpus.path} (first: {missing[0]})",
+            f"write them with `leccr caption {corpus.path}`, or bring them with "
+            f"`leccr data import-descriptions {corpus.path} SOURCE --name {source} --overwrite`",
         )
     return descriptions
 

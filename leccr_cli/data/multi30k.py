@@ -193,13 +193,18 @@ def _with_flickr30k_captions(
     )
     if extra:
         notes.append(
-            f"Flickr30K: {len(extra)} images of {path.name} ({sum(len(found[n]) for n in extra)} captions) are not "
-            f"Multi30K training images and were ignored (first: {first_few(extra)})"
+            f"Flickr30K: {_count(len(extra), 'image')} of {path.name} "
+            f"({_count(sum(len(found[n]) for n in extra), 'caption')}) not among the Multi30K training images, "
+            f"ignored (first: {first_few(extra)})"
         )
     lacking = [name for name in train_names if name not in found]
     if lacking:
         warnings.append(
-            f"{len(lacking)} training images have no Flickr30K caption in {path.name} and keep their task1 English "
-            f"caption (first: {first_few(lacking)})"
+            f"{_count(len(lacking), 'training image')} without a Flickr30K caption in {path.name} "
+            f"{'keeps' if len(lacking) == 1 else 'keep'} the task1 English caption (first: {first_few(lacking)})"
         )
     return kept + added
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")

@@ -58,6 +58,10 @@ class FrameFeatures:
         self._features = self._file.get_slice("features")
         self.dim = self._features.get_shape()[1]
 
+    def lengths(self) -> list[int]:
+        """The number of frames of every video, in row order."""
+        return [stop - start for start, stop in zip(self._offsets, self._offsets[1:])]
+
     def frames(self, video_id: str):
         """All frame features of one video, [F, D]."""
         try:

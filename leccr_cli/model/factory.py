@@ -210,6 +210,26 @@ def _check_heads(heads: int, width: int, key: str, what: str) -> None:
         raise ModelError(f"{key}={heads} does not divide {what} ({width})", "pick a number of heads that divides it")
 
 
+def _video_width_name(config: ModelConfig) -> str:
+    return "model.video.width" if config.video.width else "the frame-feature width (model.video.width: null)"
+
+
+def _video_encoder(config: ModelConfig, frame_dim: int) -> VideoEncoder:
+    video = config.video
+    _check_heads(video.heads, video.width or frame_dim, "model.video.heads", _video_width_name(config))
+    return VideoEncoder(
+        frame_dim,
+        video.width,
+        video.layers,
+        video.heads,
+        video.max_frames,
+        cls_token=video.pooling == "cls",
+        positions=video.positions,
+        mlp_ratio=config.mlp_ratio,
+        dropout=config.dropout,
+    )
+
+
 def build_model(
     config: ModelConfig,
     *,
@@ -250,10 +270,8 @@ def build_model(
         parts.interpolate_pos_encoding = vision.config.image_size != config.vision.image_size
         visual_width, what = vision.config.projection_dim, "the CLIP projection width"
     else:
-        video = config.video
-        _check_heads(video.heads, video.width, "model.video.heads", "model.video.width")
-        visual_width, what = video.width, "model.video.width"
-        parts.video = VideoEncoder(frame_dim, video.width, video.layers, video.heads, video.max_frames)
+        parts.video = _video_encoder(config, frame_dim)
+        visual_width, what = parts.video.width, _video_width_name(config)
 
     if uses_descriptions(config):
         _check_heads(config.heads, visual_width, "model.heads", what)
@@ -283,8 +301,7 @@ def _parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any], 
         if meta["modality"] == "image":
             parts.vision = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(folder / "vision"))
         else:
-            video = config.video
-            parts.video = VideoEncoder(meta["frame_dim"], video.width, video.layers, video.heads, video.max_frames)
+            parts.video = _video_encoder(config, meta["frame_dim"])
         if (folder / "description_encoder").is_dir():
             parts.description = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(folder / "description_encoder")))
     except (OSError, ValueError, KeyError) as error:

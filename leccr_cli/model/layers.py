@@ -58,31 +58,59 @@ class CrossAttention(nn.Module):
         return query
 
 
-class VideoEncoder(nn.Module):
-    """A small transformer over pre-extracted frame features: linear to `width`, learned
-    positions, a prepended CLS token, pre-norm encoder layers. Returns all tokens (CLS first)."""
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of `tokens` [B, T, D] over the positions where `mask` [B, T] is True (all when None)."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
-    def __init__(self, frame_dim: int, width: int, layers: int, heads: int, max_frames: int):
+
+class VideoEncoder(nn.Module):
+    """Self-attention over pre-extracted frame features, as the reference's video branch.
+
+    Each layer is a `CrossAttentionLayer` of the frames over themselves (padding frames are
+    masked as keys, so they never change a real frame). `width=None` keeps the features'
+    own width (the reference); a number projects the frames to it first. `cls_token` prepends
+    a learned token to pool at; `positions` adds learned frame positions (the reference has
+    none). `mlp_ratio` and `dropout` are those of the model's cross-attention layers (1 and
+    0.1: the reference's `SelfAttention` layer). Returns the tokens [B, T, width] (CLS first
+    when there is one) and their mask.
+    """
+
+    def __init__(
+        self,
+        frame_dim: int,
+        width: int | None,
+        layers: int,
+        heads: int,
+        max_frames: int,
+        *,
+        cls_token: bool = False,
+        positions: bool = False,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.max_frames = max_frames
-        self.input = nn.Linear(frame_dim, width)
-        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.positions = nn.Parameter(torch.randn(max_frames + 1, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
+        self.width = width or frame_dim
+        self.input = nn.Linear(frame_dim, width) if width else None
+        self.cls = nn.Parameter(torch.randn(1, 1, self.width) * 0.02) if cls_token else None
+        self.positions = nn.Parameter(torch.randn(max_frames, self.width) * 0.02) if positions else None
+        self.layers = nn.ModuleList(CrossAttentionLayer(self.width, heads, mlp_ratio, dropout) for _ in range(layers))
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch, count = frames.shape[:2]
         if count > self.max_frames:
             raise ModelError(f"got {count} frames per video, the model takes at most model.video.max_frames={self.max_frames}")
-        if frame_mask is None:
-            frame_mask = torch.ones(batch, count, dtype=torch.bool, device=frames.device)
-        hidden = self.input(frames.to(self.input.weight.dtype))
-        hidden = torch.cat([self.cls.expand(batch, -1, -1).to(hidden.dtype), hidden], dim=1)
-        hidden = hidden + self.positions[: count + 1].to(hidden.dtype)
-        mask = torch.cat([frame_mask.new_ones(batch, 1), frame_mask.bool()], dim=1)
-        hidden = self.encoder(hidden, src_key_padding_mask=~mask)
-        return self.norm(hidden), mask
+        mask = torch.ones(batch, count, dtype=torch.bool, device=frames.device) if frame_mask is None else frame_mask.bool()
+        dtype = self.layers[0].norm.weight.dtype
+        hidden = frames.to(dtype) if self.input is None else self.input(frames.to(dtype))
+        if self.positions is not None:
+            hidden = hidden + self.positions[:count].to(hidden.dtype)
+        if self.cls is not None:
+            hidden = torch.cat([self.cls.expand(batch, -1, -1).to(hidden.dtype), hidden], dim=1)
+            mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)
+        for layer in self.layers:
+            hidden = layer(hidden, hidden, mask)
+        return hidden, mask

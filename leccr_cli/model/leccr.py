@@ -23,7 +23,7 @@ from leccr_cli.config import LossConfig, ModelConfig
 from leccr_cli.errors import ModelError
 from leccr_cli.fs import atomic_directory
 from leccr_cli.model import losses
-from leccr_cli.model.layers import CrossAttention
+from leccr_cli.model.layers import CrossAttention, masked_mean
 
 MODEL_FORMAT = "leccr-model"
 MODEL_FORMAT_VERSION = 1
@@ -155,7 +155,7 @@ class LeccrModel(nn.Module):
             visual_width = parts.vision.config.projection_dim
         else:
             self.video = parts.video
-            visual_width = config.video.width
+            visual_width = parts.video.width
         self.visual_width = visual_width
         text_width = parts.text.config.hidden_size
         joint = config.joint_dim
@@ -304,6 +304,15 @@ class LeccrModel(nn.Module):
         projection = self.description_projection
         return projection(features.to(projection.weight.dtype)), features_mask.bool()
 
+    def _global_embedding(self, tokens: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """h_v from Z_v or Ẑ_v: the CLS token, or for video with `pooling: mean` the mean over
+        the real frames (the reference's masked mean pooling; padding frames never count)."""
+        if self.modality == "video" and self.config.video.pooling == "mean":
+            pooled = masked_mean(tokens, token_mask)
+        else:
+            pooled = tokens[:, 0]
+        return F.normalize(self.image_head(pooled), dim=-1)
+
     def _encode_images(
         self,
         *,
@@ -320,7 +329,7 @@ class LeccrModel(nn.Module):
         state: dict[str, torch.Tensor | None] = {"tokens": tokens, "token_mask": token_mask}
         state.update(slots=None, slot_mask=None, slot_embeds=None)
         if not self.reads_descriptions:
-            state["global"] = F.normalize(self.image_head(tokens[:, 0]), dim=-1)
+            state["global"] = self._global_embedding(tokens, token_mask)
             return state
         memory, memory_mask = self._description_memory(
             description_ids, description_mask, description_features, description_features_mask
@@ -333,10 +342,10 @@ class LeccrModel(nn.Module):
         state.update(slots=slots, slot_mask=slot_mask)
         if self.config.interaction:
             visual = self.visual_over_slots(tokens, slots, slot_mask)
-            state["global"] = F.normalize(self.image_head(visual[:, 0]), dim=-1)
+            state["global"] = self._global_embedding(visual, token_mask)
             slot_states = self.slots_over_visual(slots, tokens, token_mask) if uses_slot_embeddings(self.config) else None
         else:
-            state["global"] = F.normalize(self.image_head(tokens[:, 0]), dim=-1)
+            state["global"] = self._global_embedding(tokens, token_mask)
             slot_states = slots
         if uses_slot_embeddings(self.config):
             state["slot_embeds"] = F.normalize(self.slot_head(slot_states), dim=-1)
@@ -371,11 +380,8 @@ class LeccrModel(nn.Module):
 
     # ------------------------------------------------------------------ scoring and training
 
-    def score(self, text_embeds: torch.Tensor, images: ImageEmbeddings, fusion: float | None = None) -> torch.Tensor:
-        """[T, I] similarities: h_t·h_v, or with `fusion` α: α·h_t·h_v + (1 − α)·max_k m̂_k·h_t."""
-        scores = text_embeds @ images.global_embeds.T
-        if fusion is None:
-            return scores
+    def slot_scores(self, text_embeds: torch.Tensor, images: ImageEmbeddings) -> torch.Tensor:
+        """[T, I] best-slot similarities max_k m̂_{i,k}·h_t (padded slots never win)."""
         if images.slot_embeds is None:
             raise ModelError(
                 "--fusion needs slot embeddings; this model has none "
@@ -384,7 +390,17 @@ class LeccrModel(nn.Module):
         slot_scores = torch.einsum("ikd,td->tik", images.slot_embeds, text_embeds.to(images.slot_embeds.dtype))
         if images.slot_mask is not None:
             slot_scores = slot_scores.masked_fill(~images.slot_mask[None], float("-inf"))
-        return fusion * scores + (1 - fusion) * slot_scores.max(dim=2).values.to(scores.dtype)
+        return slot_scores.max(dim=2).values
+
+    def score(self, text_embeds: torch.Tensor, images: ImageEmbeddings, fusion: float | None = None) -> torch.Tensor:
+        """[T, I] similarities: h_t·h_v, or with `fusion` α: α·h_t·h_v + (1 − α)·max_k m̂_k·h_t.
+
+        (The min-max fused scoring of video needs the whole matrices: `metrics.minmax_fused_rows`.)
+        """
+        scores = text_embeds @ images.global_embeds.T
+        if fusion is None:
+            return scores
+        return fusion * scores + (1 - fusion) * self.slot_scores(text_embeds, images).to(scores.dtype)
 
     def forward(self, batch: dict[str, torch.Tensor], loss_config: LossConfig) -> LeccrOutput:
         """The training loss of one batch (see the README section "The model" for the formula).
