@@ -6,16 +6,19 @@ import typer
 
 from leccr_cli import __version__
 from leccr_cli.commands import make_app
+from leccr_cli.commands.app import app_command
 from leccr_cli.commands.caption import caption_command
 from leccr_cli.commands.data import app as data_app
 from leccr_cli.commands.evaluate import evaluate_command
+from leccr_cli.commands.index import index_command
+from leccr_cli.commands.search import search_command
 from leccr_cli.commands.slots import build_slots_command
 from leccr_cli.commands.train import train_command
 from leccr_cli.commands.translate import translate_command
 
 app = make_app(
     "Cross-lingual cross-modal retrieval (LECCR): describe images with a multimodal LLM, "
-    "translate captions, train, evaluate."
+    "translate captions, train, evaluate, index and search."
 )
 app.add_typer(data_app, name="data")
 app.command("caption")(caption_command)
@@ -23,6 +26,9 @@ app.command("translate")(translate_command)
 app.command("build-slots")(build_slots_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
+app.command("index")(index_command)
+app.command("search")(search_command)
+app.command("app")(app_command)
 
 
 def _print_version(value: bool) -> None:

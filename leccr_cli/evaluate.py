@@ -9,7 +9,7 @@ frame features) and the evaluation batch size and memory budget.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from accelerate.data_loader import prepare_data_loader
@@ -67,7 +67,8 @@ def _gather(tensor, accelerator, pad_dim: int | None = None):
 
 
 def _device(model, accelerator) -> torch.device:
-    return accelerator.device if accelerator is not None else next(model.parameters()).device
+    # the text encoder's: a query model (`load_query_model`) keeps its image side on the meta device
+    return accelerator.device if accelerator is not None else next(model.text_encoder.parameters()).device
 
 
 def _rebuild_source(model: LeccrModel, rebuild_from: str | None) -> str:
@@ -77,24 +78,24 @@ def _rebuild_source(model: LeccrModel, rebuild_from: str | None) -> str:
     return str(run) if run is not None else "RECIPE_OR_RUN"
 
 
-def encode_gallery(
+def gallery_batches(
     model: LeccrModel,
     corpus: Corpus,
     split: str,
     recipe: Recipe,
     *,
+    image_ids: Sequence[str] | None = None,
     accelerator=None,
     batch_size: int | None = None,
     rebuild_from: str | None = None,
-    image_ids: Sequence[str] | None = None,
-) -> tuple[list[str], ImageEmbeddings]:
-    """Embed the images (or videos) of a split once: (image ids in gallery order, ImageEmbeddings).
+) -> Iterator[tuple[list[str], ImageEmbeddings]]:
+    """Embed the images (or videos) of a split batch by batch: yields (image ids, ImageEmbeddings) per batch.
 
     `image_ids` (images of the split, in its order) limits the gallery; by default every
     image of the split. Images are fitted as `data.eval_transform` says. Descriptions are
     read when the model reads them (from the slot cache when its `description_features`
     setting says so; `rebuild_from` names the recipe or run in the rebuild hint of a missing
-    cache, by default the run the model was loaded from).
+    cache, by default the run the model was loaded from). Embeddings are float32 on the model's device.
     """
     corpus.check_split(split)
     image_ids = list(corpus.image_ids(split) if image_ids is None else image_ids)
@@ -116,21 +117,55 @@ def encode_gallery(
     gallery_set = GallerySet(image_ids, visual, descriptions if features is None else None, description_features=features)
     loader = _loader(gallery_set, batch_size or recipe.eval.batch_size, Collator.for_model(model, visual), accelerator)
     device = _device(model, accelerator)
-    parts: list[ImageEmbeddings] = []
     model.eval()
-    with torch.inference_mode(), _progress(f"encoding {split} gallery", len(loader)) as advance:
+    with _progress(f"encoding {split} gallery", len(loader)) as advance:
         for batch in loader:
             advance()
-            batch = {k: v.to(device) for k, v in batch.items()}
-            embeds = model.embed_images(**image_inputs(batch))
-            slot_embeds = slot_mask = None
-            if embeds.slot_embeds is not None:
-                # padded description tokens (`slots: false`) differ in length between batches and processes
-                padded = embeds.slot_mask is not None
-                slot_embeds = _gather(embeds.slot_embeds.float(), accelerator, pad_dim=1 if padded else None)
-                if padded:
-                    slot_mask = _gather(embeds.slot_mask, accelerator, pad_dim=1)
-            parts.append(ImageEmbeddings(_gather(embeds.global_embeds.float(), accelerator), slot_embeds, slot_mask))
+            with torch.inference_mode():  # per batch: the caller runs between batches
+                batch = {k: v.to(device) for k, v in batch.items()}
+                embeds = model.embed_images(**image_inputs(batch))
+                slot_embeds = slot_mask = None
+                if embeds.slot_embeds is not None:
+                    # padded description tokens (`slots: false`) differ in length between batches and processes
+                    padded = embeds.slot_mask is not None
+                    slot_embeds = _gather(embeds.slot_embeds.float(), accelerator, pad_dim=1 if padded else None)
+                    if padded:
+                        slot_mask = _gather(embeds.slot_mask, accelerator, pad_dim=1)
+                global_embeds = _gather(embeds.global_embeds.float(), accelerator)
+                rows = _gather(batch["image_index"], accelerator).tolist()
+            yield [image_ids[i] for i in rows], ImageEmbeddings(global_embeds, slot_embeds, slot_mask)
+
+
+def encode_gallery(
+    model: LeccrModel,
+    corpus: Corpus,
+    split: str,
+    recipe: Recipe,
+    *,
+    accelerator=None,
+    batch_size: int | None = None,
+    rebuild_from: str | None = None,
+    image_ids: Sequence[str] | None = None,
+) -> tuple[list[str], ImageEmbeddings]:
+    """Embed the images (or videos) of a split once: (image ids in gallery order, ImageEmbeddings).
+
+    `image_ids` limits the gallery as in `gallery_batches`, which says how descriptions are read.
+    """
+    corpus.check_split(split)
+    image_ids = list(corpus.image_ids(split) if image_ids is None else image_ids)
+    parts = [
+        embeds
+        for _, embeds in gallery_batches(
+            model,
+            corpus,
+            split,
+            recipe,
+            image_ids=image_ids,
+            accelerator=accelerator,
+            batch_size=batch_size,
+            rebuild_from=rebuild_from,
+        )
+    ]
     return image_ids, ImageEmbeddings.cat(parts)
 
 

@@ -14,7 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "leccr_cli"
 # top first; a module belongs to the first layer with a prefix that matches its name
 LAYERS = [
     ("cli", ("leccr_cli.cli", "leccr_cli.__main__", "leccr_cli.commands", "leccr_cli.testing")),
+    ("app", ("leccr_cli.app",)),
     ("train", ("leccr_cli.train",)),
+    ("index, search", ("leccr_cli.index", "leccr_cli.search")),
     ("evaluate", ("leccr_cli.evaluate",)),
     ("slots", ("leccr_cli.slots",)),
     (

@@ -160,7 +160,8 @@ def import_descriptions_command(
     source: Path = typer.Argument(
         ...,
         metavar="SOURCE",
-        help='A folder of <id>.txt files, a .jsonl file ({"id": ..., "text": ...} per line) or a .tsv file (id<TAB>text per line).',
+        help='A folder of <id>.txt files, a .jsonl file ({"id": ..., "text": ...} per line), a .tsv file (id<TAB>text per line), '
+        "or another corpus's descriptions/NAME folder.",
     ),
     name: str = typer.Option(..., "--name", help="Write descriptions/NAME/ (recipes name it in data.descriptions)."),
     model: str = typer.Option("imported", "--model", help="Recorded as the model that wrote the descriptions."),
@@ -195,6 +196,46 @@ def import_descriptions_command(
             f"[yellow]warning:[/] {len(report.missing)} {corpus.modality}{'s have' if len(report.missing) > 1 else ' has'} "
             "no description "
             f"(first: {escape(first_few(report.missing))}); training with descriptions {name!r} refuses them until they are written",
+            soft_wrap=True,
+        )
+
+
+@app.command("import-images")
+def import_images_command(
+    folder: Path = typer.Argument(..., metavar="DIR", help="Folder of images (jpg, jpeg, png, webp), subfolders included."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Corpus folder to create, or to extend when it lists DIR already."),
+    split: str = typer.Option("gallery", "--split", help="Split the images are listed in."),
+    on_error: str = typer.Option("stop", "--on-error", help="An unreadable file: stop (default) or skip it and list it at the end."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT with a new corpus of DIR."),
+) -> None:
+    """A corpus from any folder of images (no captions needed), to describe, index and search.
+
+    Ids are paths relative to DIR without the suffix (beach/dog.jpg -> beach/dog); the images stay in DIR. Rerun it when DIR gains images: the new ones are added, the corpus keeps what it holds.
+    """
+    from rich.markup import escape
+
+    from leccr_cli.console import console, err_console
+    from leccr_cli.data.image_folder import import_images
+
+    report = import_images(folder, out, split=split, on_error=on_error, overwrite=overwrite)
+    corpus = report.corpus
+    total = len(corpus.image_ids(split))
+    console.print(
+        f"[green]Wrote[/] {escape(str(corpus.path))}: {total} images in split {escape(split)} "
+        f"({report.added} new, {report.already} already listed); media root {escape(str(corpus.media_root))}"
+    )
+    console.print(f"Next: describe them with `leccr caption {escape(str(corpus.path))}`, then `leccr index RUN {escape(str(corpus.path))} --out INDEX`")
+    if report.skipped:
+        count = len(report.skipped)
+        err_console.print(f"[yellow]warning:[/] skipped {count} unreadable file{'s' if count > 1 else ''}:")
+        for path, reason in report.skipped:
+            err_console.print(f"  {escape(path)}  ({escape(reason)})", highlight=False)
+    if report.vanished:
+        from leccr_cli.data.imports import first_few
+
+        err_console.print(
+            f"[yellow]warning:[/] {len(report.vanished)} listed images are no longer in {escape(str(folder))} "
+            f"(first: {escape(first_few(report.vanished))}); the corpus keeps them",
             soft_wrap=True,
         )
 

@@ -91,6 +91,11 @@ class CorpusMeta:
         return json.dumps(self.__dict__, indent=2, ensure_ascii=False) + "\n"
 
 
+def _is_table_file(name: str) -> bool:
+    """Whether `name` is one of the files `Dataset.save_to_disk` writes into a table folder."""
+    return name in ("dataset_info.json", "state.json") or (name.startswith("data-") and name.endswith(".arrow"))
+
+
 def translated_cap_id(source_cap_id: str, target_lang: str) -> str:
     """The cap id of the translation of `source_cap_id` into `target_lang` (NRCCR style)."""
     image_id, tag, number = split_cap_id(source_cap_id)
@@ -113,7 +118,9 @@ def save_string_dataset(columns: dict[str, list[str]], folder: Path) -> None:
     """
     disable_progress_bar()
     schema = Features({name: Value("string") for name in columns}).arrow_schema
-    Dataset(pa.Table.from_pydict(columns, schema=schema)).save_to_disk(str(folder))
+    empty = not any(columns.values())
+    # an empty table needs one explicit shard, or it cannot be read back (a corpus of images without captions)
+    Dataset(pa.Table.from_pydict(columns, schema=schema)).save_to_disk(str(folder), num_shards=1 if empty else None)
 
 
 def _load_columns(folder: Path, columns: tuple[str, ...], what: str) -> dict[str, list]:
@@ -435,6 +442,30 @@ class Corpus:
             return list(self._images)
         self.check_split(split)
         return [row for row in self._images if row.split == split]
+
+    def add_images(self, rows: Iterable[ImageRow]) -> None:
+        """Append gallery rows (a new split may appear) atomically; captions and descriptions stay.
+
+        Refused when media files live in images/ beside the table (the synthetic corpus): the
+        table is rewritten by replacing that folder.
+        """
+        new = [ImageRow(*row) for row in rows]
+        folder = self.path / "images"
+        with self.writing():
+            media = [p.name for p in folder.iterdir() if not _is_table_file(p.name)]
+            if media:
+                raise CorpusError(f"corpus {self.path} keeps media files in images/ (e.g. {media[0]}); images cannot be added to it")
+            self._images = None  # merge with what is on disk now
+            merged = self.images() + new
+            galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
+            _validate(merged, self.captions(), self.modality, galleries)
+            meta = CorpusMeta(**{**self.meta.__dict__, "splits": _ordered_splits({r.split for r in merged})})
+            # the image table and the split list of corpus.json change together, also across a kill
+            with atomic_replacement(folder, self.path / "corpus.json") as (table, meta_file):
+                save_string_dataset({c: [getattr(r, c) for r in merged] for c in IMAGE_COLUMNS}, table)
+                meta_file.write_text(meta.to_json(), encoding="utf-8")
+        self._images = merged
+        self.meta = meta
 
     def image_ids(self, split: str) -> list[str]:
         """Image ids of a split in gallery order."""

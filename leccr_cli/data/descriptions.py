@@ -1,10 +1,11 @@
 """Import descriptions written elsewhere (another MLLM, a service, a colleague) into a corpus.
 
-Three input forms, one description per image (or video) id:
+Four input forms, one description per image (or video) id:
 
 - a folder of `<id>.txt` files (other files are not read);
 - a `.jsonl` file, one `{"id": "...", "text": "..."}` object per line;
-- a `.tsv` file, `id<TAB>text` per line (a first line `id<TAB>text` is a header).
+- a `.tsv` file, `id<TAB>text` per line (a first line `id<TAB>text` is a header);
+- the `descriptions/NAME/` folder of another corpus that lists the same images under the same ids.
 
 The result is `descriptions/NAME/` (image_id, text, model, prompt) in gallery order, written
 atomically: the same artifact `leccr caption` writes, so recipes use it by name.
@@ -17,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from leccr_cli.data.corpus import Corpus
+from leccr_cli.data.corpus import Corpus, read_description_table
 from leccr_cli.data.imports import first_few, numbered_lines, read_text
 from leccr_cli.errors import CorpusError
 
@@ -45,8 +46,11 @@ def check_description_name(name: str) -> str:
 
 
 def read_descriptions(source: str | Path) -> dict[str, str]:
-    """id -> description from a folder of `<id>.txt`, a `.jsonl` or a `.tsv` file, in input order."""
+    """id -> description from a folder of `<id>.txt`, a `.jsonl` or a `.tsv` file, or another corpus's
+    `descriptions/NAME/` folder, in input order."""
     source = Path(source)
+    if source.is_dir() and (source / "state.json").is_file():
+        return _read_description_source(source)
     if source.is_dir():
         return _read_folder(source)
     if not source.is_file():
@@ -60,6 +64,17 @@ def read_descriptions(source: str | Path) -> dict[str, str]:
         f"{source}: cannot tell the format from the suffix {suffix or '(none)'!r}",
         "name it .jsonl ({\"id\": ..., \"text\": ...} per line) or .tsv (id<TAB>text per line), or give a folder of <id>.txt",
     )
+
+
+def _read_description_source(folder: Path) -> dict[str, str]:
+    """The rows of a description dataset (`descriptions/NAME/` of a corpus, as `leccr caption` writes it)."""
+    found = {row["image_id"]: row["text"].strip() for row in read_description_table(folder)}
+    empty = [image_id for image_id, text in found.items() if not text]
+    if empty:
+        raise CorpusError(f"{folder}: {len(empty)} descriptions are empty (first: {first_few(empty)})")
+    if not found:
+        raise CorpusError(f"{folder}: no descriptions")
+    return found
 
 
 def _read_folder(folder: Path) -> dict[str, str]:

@@ -291,7 +291,7 @@ def _closest_cache(corpus, split: str, wanted: SlotIdentity) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
-class _StreamingSafetensors:
+class StreamingSafetensors:
     """A safetensors file whose tensor bytes are written piece by piece at known offsets.
 
     The format: an 8-byte little-endian header size, a JSON header (padded with spaces to a
@@ -325,7 +325,8 @@ class _StreamingSafetensors:
         self.handle.close()
 
 
-def _tensor_bytes(tensor) -> bytes:
+def tensor_bytes(tensor) -> bytes:
+    """The raw bytes of a tensor, in row-major order (as safetensors stores them)."""
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
@@ -367,7 +368,7 @@ def write_slot_file(
     mask = torch.zeros(len(texts), longest, dtype=torch.bool)
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     with atomic_file(path) as temporary:
-        out = _StreamingSafetensors(
+        out = StreamingSafetensors(
             temporary,
             {"features": (code, [len(texts), longest, width], itemsize), "mask": ("BOOL", [len(texts), longest], 1)},
             metadata,
@@ -383,11 +384,11 @@ def write_slot_file(
                     features, valid = features.to(torch_dtype).cpu(), valid.cpu()
                     for j, row in enumerate(rows):
                         kept = features[j][valid[j]]
-                        out.write("features", row * row_bytes, _tensor_bytes(kept))
+                        out.write("features", row * row_bytes, tensor_bytes(kept))
                         mask[row, : kept.shape[0]] = True
                     if on_batch is not None:
                         on_batch(len(rows))
-            out.write("mask", 0, _tensor_bytes(mask))
+            out.write("mask", 0, tensor_bytes(mask))
         finally:
             out.close()
 

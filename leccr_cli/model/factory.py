@@ -8,13 +8,14 @@ trained on the corpus text (the embedded demo). `load_model` rebuilds a model wr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_weights
 from transformers import (
     AutoConfig,
@@ -279,11 +280,16 @@ def build_model(
     return LeccrModel(config, parts, modality)
 
 
-def _parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any]) -> EncoderParts:
-    """Encoders with the architecture saved in a model folder (weights are loaded afterwards)."""
+def _parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any], text_device=None) -> EncoderParts:
+    """Encoders with the architecture saved in a model folder (weights are loaded afterwards).
+
+    `text_device` builds the text encoder there whatever the surrounding default device (the
+    query model builds everything else on the meta device).
+    """
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        text = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(folder / "text")))
+        with contextlib.nullcontext() if text_device is None else torch.device(text_device):
+            text = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(folder / "text")))
         parts = EncoderParts(
             tokenizer=tokenizer,
             text=text,
@@ -303,9 +309,8 @@ def _parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any]) 
     return parts
 
 
-def load_model(folder: str | Path) -> LeccrModel:
-    """Rebuild a model saved by `LeccrModel.save_pretrained` from that folder alone (no Hub access)."""
-    folder = Path(folder)
+def _read_model_folder(folder: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """(config.json, model config) of a model folder written by `LeccrModel.save_pretrained`."""
     recover(folder)  # finish a replacement of the folder cut short by a kill
     meta_file = folder / "config.json"
     try:
@@ -322,6 +327,13 @@ def load_model(folder: str | Path) -> LeccrModel:
         config = model_config_from_dict(meta.get("model"), str(meta_file))
     except RecipeError as error:
         raise ModelError(f"model {folder}: {error}", "was it written by another version of leccr?") from None
+    return meta, config
+
+
+def load_model(folder: str | Path) -> LeccrModel:
+    """Rebuild a model saved by `LeccrModel.save_pretrained` from that folder alone (no Hub access)."""
+    folder = Path(folder)
+    meta, config = _read_model_folder(folder)
     model = LeccrModel(config, _parts_from_folder(config, folder, meta), meta["modality"])
     weights = folder / "model.safetensors"
     try:
@@ -337,3 +349,33 @@ def load_model(folder: str | Path) -> LeccrModel:
         raise ModelError(f"model {folder}: model.safetensors does not fit config.json ({error})") from None
     model.source_folder = folder
     return model
+
+
+QUERY_PARTS = ("text_encoder.", "text_head.")
+
+
+def load_query_model(folder: str | Path, device: str | torch.device = "cpu") -> LeccrModel:
+    """The query side of a saved model: tokenizer, text encoder and text head, on `device`.
+
+    For search, which embeds texts only: the image side (vision tower or video encoder,
+    description encoder, slots, interaction) is built on the meta device, so it takes no
+    memory and its weights are never read; `embed_texts` and `score` work, `embed_images`
+    does not.
+    """
+    folder = Path(folder)
+    meta, config = _read_model_folder(folder)
+    with torch.device("meta"):
+        parts = _parts_from_folder(config, folder, meta, text_device="cpu")
+        model = LeccrModel(config, parts, meta["modality"])
+    try:
+        with safe_open(str(folder / "model.safetensors"), framework="pt", device=str(device)) as handle:
+            weights = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(QUERY_PARTS)}
+    except (OSError, SafetensorError) as error:
+        raise ModelError(f"model {folder}: cannot read model.safetensors ({error})") from None
+    expected = {key for key in model.state_dict() if key.startswith(QUERY_PARTS)}
+    if set(weights) != expected:
+        raise ModelError(f"model {folder}: model.safetensors does not fit config.json (text encoder or head differ)")
+    model.text_encoder.to(device)
+    model.load_state_dict(weights, strict=False, assign=True)
+    model.source_folder = folder
+    return model.eval()

@@ -31,9 +31,14 @@ class CrossAttentionLayer(nn.Module):
         self.dropout = _dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None, weights: list | None = None
+    ) -> torch.Tensor:
+        """`weights`, when given, receives the attention weights [B, Lq, Lk] (averaged over heads)."""
         padding = None if memory_mask is None else ~memory_mask
-        attended, _ = self.attention(query, memory, memory, key_padding_mask=padding, need_weights=False)
+        attended, attention = self.attention(query, memory, memory, key_padding_mask=padding, need_weights=weights is not None)
+        if weights is not None:
+            weights.append(attention)
         return self.norm(query + self.dropout(self.mlp(attended)))
 
 
@@ -44,9 +49,12 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(CrossAttentionLayer(dim, heads, mlp_ratio, dropout) for _ in range(layers))
 
-    def forward(self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None, weights: list | None = None
+    ) -> torch.Tensor:
+        """`weights`, when given, receives every layer's attention weights (see `CrossAttentionLayer`)."""
         for layer in self.layers:
-            query = layer(query, memory, memory_mask)
+            query = layer(query, memory, memory_mask, weights)
         return query
 
 

@@ -263,6 +263,20 @@ class LeccrModel(nn.Module):
             hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return hidden, attention_mask.bool()
 
+    def slot_attention(self, description_ids: torch.Tensor, description_mask: torch.Tensor) -> torch.Tensor:
+        """How much each semantic slot attends to each description token: [B, N, L].
+
+        The attention of the slot queries over the description tokens in the last slot layer,
+        averaged over heads (rows sum to 1; padding gets 0). Only models with slots have it.
+        """
+        if not (self.reads_descriptions and self.config.slots):
+            raise ModelError("this model has no semantic slots (a baseline, model.slots: false, or no component reads them)")
+        memory, mask = self._description_memory(description_ids, description_mask, None, None)
+        queries = self.slot_queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
+        weights: list[torch.Tensor] = []
+        self.slot_generator(queries, memory, mask, weights)
+        return weights[-1]
+
     # ------------------------------------------------------------------ images
 
     def _visual_tokens(self, pixel_values, frames, frame_mask) -> tuple[torch.Tensor, torch.Tensor | None]:

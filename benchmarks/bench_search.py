@@ -1,0 +1,244 @@
+"""Search latency over large synthetic indexes, and index build throughput against evaluation's gallery encoding.
+
+Search: indexes of 10k, 100k and 1M items x 256 dims at fp16 (random unit vectors, written
+in the real index format) are searched by the real `Searcher` (query model, memory-mapped
+embeddings, exact chunked top-k, k = 10) with single queries in German, French, Czech and
+English. The model load is timed apart; every query is timed end to end (cleaning,
+tokenizing, embedding, scoring every row, top-k, reading the hits' items), the scan
+(scoring and top-k) on its own, and the floor the machine allows: reading every embedding
+once (`sum()` over the memory-mapped fp16 rows, no scoring). p50 and p95 over `--queries` queries after warm-up, on
+`--threads` threads. Memory: the process's private (anonymous) memory and its mapped file
+pages before and after the searches (`/proc/self/status`): the scan reads the index through
+the page cache (file pages, bounded by the index file) and keeps its own temporaries small.
+
+Build: `build_index` (what `leccr index` runs: load the run, embed the split, write the
+parts, merge them into the index) against `load_run` + `encode_gallery` (what `leccr
+evaluate` runs before its queries) on the same corpus split and model (the demo's size),
+alternating for `--rounds` rounds; images/s of each (best round), their ratio, and the
+median of the rounds' ratios.
+
+The query model is the demo's text encoder (2 layers x 64) with a 256-d head, or with
+`--text base` a 12 x 768 encoder (BERT-base size); weights are random (built from configs).
+
+    python benchmarks/bench_search.py [--sizes 10000,100000,1000000] [--queries 100] [--threads 2]
+                                      [--text tiny|base] [--build-images 2000] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+QUERIES = [
+    "ein kleiner roter Kreis links oben",
+    "une grande étoile bleue au milieu",
+    "malý zelený trojúhelník vpravo dole",
+    "two large yellow squares on the right",
+    "ein Hund im Schnee",
+    "drei violette Sterne unten",
+    "un petit carré orange en haut à gauche",
+    "velký modrý kruh uprostřed",
+]
+TEXT_SIZES = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "base": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+}
+
+
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (RssAnon: private memory)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's memory mappings of `path` (the index file's pages it has touched)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+def make_run(folder: Path, corpus: Path, dim: int, text: str) -> Path:
+    """A run folder (recipe + model/) of the demo's configuration with a `dim`-d joint space (random weights)."""
+    from leccr_cli.config import recipe_from_dict
+    from leccr_cli.data.corpus import Corpus
+    from leccr_cli.pipeline import build_model_for, resolve_paths
+    from leccr_cli.runs import create_run_dir
+    from leccr_cli.testing import tiny_recipe
+
+    raw = tiny_recipe(corpus)
+    raw["model"]["joint_dim"] = dim
+    raw["model"]["vision"] = {**raw["model"]["vision"], "image_size": 64, "projection_dim": 64}
+    raw["model"]["vision"]["config"] = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "patch_size": 8}
+    raw["model"]["text"]["config"] = {**raw["model"]["text"]["config"], **TEXT_SIZES[text], "max_position_embeddings": 64}
+    raw["model"].update(num_slots=4, heads=4)
+    raw["eval"]["batch_size"] = 250
+    recipe = resolve_paths(recipe_from_dict(raw))
+    run = folder / "run"
+    create_run_dir(recipe, run, overwrite=False)
+    build_model_for(recipe, Corpus.open(corpus)).save_pretrained(run / "model")
+    return run
+
+
+def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: int = 0) -> Path:
+    """An index of `count` random unit vectors (fp16) in the real format, built by `run`'s model (so it is not stale)."""
+    import torch
+    from datasets import Dataset, Features, Value
+
+    from leccr_cli.data.slot_cache import StreamingSafetensors, tensor_bytes
+    from leccr_cli.index import EMBEDDINGS_FILE, INDEX_FILE, ITEM_COLUMNS, ITEMS_DIR, IndexInfo, ModelIdentity
+
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(seed)
+    out = StreamingSafetensors(folder / EMBEDDINGS_FILE, {"global": ("F16", [count, dim], 2)}, {"format": "leccr-index"})
+    step = 1 << 16
+    for start in range(0, count, step):
+        rows = torch.nn.functional.normalize(torch.randn(min(step, count - start), dim, generator=generator), dim=1)
+        out.write("global", start * dim * 2, tensor_bytes(rows.half()))
+    out.close()
+    ids = [f"img{i:07d}" for i in range(count)]
+    items = {"image_id": ids, "path": [f"/photos/{i}.jpg" for i in ids], "description": [""] * count}
+    Dataset.from_dict(items, features=Features({c: Value("string") for c in ITEM_COLUMNS})).save_to_disk(str(folder / ITEMS_DIR))
+    info = IndexInfo(ModelIdentity.of_run(run), "synthetic", "gallery", None, count, dim, None, False, "fp16")
+    (folder / INDEX_FILE).write_text(info.to_json())
+    return folder
+
+
+def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
+    import torch
+
+    from leccr_cli.search import Searcher, top_k
+
+    started = time.perf_counter()
+    searcher = Searcher.open(index)
+    load = time.perf_counter() - started
+    embeddings = (index / "embeddings.safetensors").resolve()
+    anon0 = status_kib("RssAnon")
+    texts = [QUERIES[i % len(QUERIES)] for i in range(queries + warmup)]
+    total, scan, floor = [], [], []
+    for i, text in enumerate(texts):
+        started = time.perf_counter()
+        hits, _ = searcher.search([text], k=10)
+        elapsed = time.perf_counter() - started
+        embeds = searcher.embed([text])
+        started = time.perf_counter()
+        top_k(searcher.model, embeds, searcher.index, 10)
+        scanned = time.perf_counter() - started
+        started = time.perf_counter()
+        searcher.index.global_embeds.sum()  # the floor: read every embedding once, no scoring
+        read = time.perf_counter() - started
+        if i >= warmup:
+            total.append(elapsed)
+            scan.append(scanned)
+            floor.append(read)
+        assert len(hits[0]) == 10
+    anon1, mapped = status_kib("RssAnon"), mapped_kib(embeddings)
+
+    def pct(values, q):
+        return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
+
+    size = (index / "embeddings.safetensors").stat().st_size
+    return {
+        "items": len(searcher.index),
+        "load_s": load,
+        "p50_ms": pct(total, 50), "p95_ms": pct(total, 95),
+        "scan_p50_ms": pct(scan, 50), "scan_p95_ms": pct(scan, 95), "floor_p50_ms": pct(floor, 50),
+        "anon_mib": (anon1 - anon0) / 1024, "mapped_mib": mapped / 1024, "index_mib": size / 2**20,
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def bench_build(run: Path, corpus: Path, split: str, workdir: Path, rounds: int) -> dict:
+    from leccr_cli.data.corpus import Corpus
+    from leccr_cli.evaluate import encode_gallery
+    from leccr_cli.index import build_index
+    from leccr_cli.runs import load_run
+
+    count = len(Corpus.open(corpus).image_ids(split))
+
+    def index() -> float:
+        started = time.perf_counter()
+        build_index(run, corpus, workdir / "index", split=split, overwrite=True)
+        return time.perf_counter() - started
+
+    def evaluate() -> float:
+        started = time.perf_counter()
+        recipe, model = load_run(run)
+        encode_gallery(model, Corpus.open(corpus), split, recipe)
+        return time.perf_counter() - started
+
+    build, encode = [], []
+    for round_ in range(rounds):  # the order alternates, so a machine getting busier favours neither
+        if round_ % 2:
+            encode.append(evaluate())
+            build.append(index())
+        else:
+            build.append(index())
+            encode.append(evaluate())
+    return {
+        "images": count,
+        "index_per_s": count / min(build), "evaluate_per_s": count / min(encode),
+        "median_ratio": statistics.median(e / b for b, e in zip(build, encode)),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--text", choices=sorted(TEXT_SIZES), default="tiny")
+    parser.add_argument("--build-images", type=int, default=2000, help="synthetic corpus size for the build comparison (its train split)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--skip-build", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    from leccr_cli.data.synth import build_synthetic
+
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    try:
+        corpus = build_synthetic(workdir / "corpus", images=args.build_images, langs=["de", "fr", "cs"], seed=0, image_size=64).path
+        run = make_run(workdir, corpus, args.dim, args.text)
+        print(f"torch {torch.__version__}, {args.threads} threads; query model: {args.text} text encoder, {args.dim}-d head")
+        print("| items | index file | model load | p50 | p95 | scan p50 | scan p95 | read floor p50 | private memory growth | index pages mapped |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for size in [int(s) for s in args.sizes.split(",")]:
+            index = write_synthetic_index(workdir / f"index-{size}", run, size, args.dim)
+            r = bench_search(index, args.queries)
+            print(
+                f"| {size:,} | {r['index_mib']:.0f} MiB | {r['load_s']:.2f} s | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | "
+                f"{r['scan_p50_ms']:.1f} ms | {r['scan_p95_ms']:.1f} ms | {r['floor_p50_ms']:.1f} ms | {r['anon_mib']:+.0f} MiB | "
+                f"{r['mapped_mib']:.0f} MiB |",
+                flush=True,
+            )
+            shutil.rmtree(index)
+        if not args.skip_build:
+            b = bench_build(run, corpus, "train", workdir, args.rounds)
+            print(json.dumps(b))
+            print(
+                f"build: leccr index {b['index_per_s']:.0f} images/s vs leccr evaluate's gallery encoding "
+                f"{b['evaluate_per_s']:.0f} images/s ({b['images']} images, best of {args.rounds}): "
+                f"ratio {b['index_per_s'] / b['evaluate_per_s']:.2f} (median of the rounds' ratios {b['median_ratio']:.2f})"
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
