@@ -153,7 +153,10 @@ def test_two_processes_match_one_process_at_step_one(synthetic_corpus, tmp_path)
     single = subprocess.run([sys.executable, "-m", "leccr_cli", "train", str(recipe), "--output", "one"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    double = subprocess.run([*torchrun, "-m", "leccr_cli", "train", str(recipe), "--output", "two"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    # a hang at teardown must fail this test, not stall the suite
+    double = subprocess.run(
+        [*torchrun, "-m", "leccr_cli", "train", str(recipe), "--output", "two"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = _lines(tmp_path / "one" / "train_log.jsonl"), _lines(tmp_path / "two" / "train_log.jsonl")
     assert len(one) == len(two) == 1
