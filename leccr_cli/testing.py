@@ -30,6 +30,14 @@ def _vocabulary(extra_texts: list[str] | None = None) -> list[str]:
     return words
 
 
+def single_error_line(result) -> str:
+    """The one `error:` line of a CLI result (a click/typer `Result`) that must have failed with exit code 2, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
 def build_tiny_clip_vision(folder: Path, image_size: int = 32, patch_size: int = 8) -> Path:
     """A 2-layer CLIP vision tower with a visual projection (CLIPVisionModelWithProjection)."""
     import torch

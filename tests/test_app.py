@@ -17,6 +17,7 @@ from leccr_cli.index import build_index
 from leccr_cli.metrics import retrieval_ranks_from_rows
 from leccr_cli.runs import load_run
 from leccr_cli.search import Searcher
+from leccr_cli.testing import single_error_line
 
 runner = CliRunner()
 needs_gradio = pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="the app extra (gradio) is not installed")
@@ -38,13 +39,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
-    return lines[0]
 
 
 @needs_gradio
@@ -198,13 +192,13 @@ def test_a_port_in_use_is_one_red_line(trained_run):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = _error_line(runner.invoke(cli, ["app", str(trained_run), "--port", str(port)]))
+        line = single_error_line(runner.invoke(cli, ["app", str(trained_run), "--port", str(port)]))
     assert f"port {port} on 127.0.0.1 is already in use" in line and "--port" in line
 
 
 def test_without_gradio_the_command_says_how_to_install_it(trained_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)
-    line = _error_line(runner.invoke(cli, ["app", str(trained_run)]))
+    line = single_error_line(runner.invoke(cli, ["app", str(trained_run)]))
     assert "pip install 'leccr[app]'" in line
 
 
@@ -222,5 +216,5 @@ def test_an_index_of_another_model_is_refused(trained_run, synthetic_corpus, tmp
         model.image_head.weight.mul_(2.0)
     model.save_pretrained(other / "model")
     build_index(other, synthetic_corpus, tmp_path / "index", split="test")
-    line = _error_line(runner.invoke(cli, ["app", str(trained_run), "--index", str(tmp_path / "index")]))
+    line = single_error_line(runner.invoke(cli, ["app", str(trained_run), "--index", str(tmp_path / "index")]))
     assert "was built by another model" in line and f"leccr index {trained_run}" in line

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from leccr_cli.cli import app
 from leccr_cli.metrics import load_labels, recall_metrics
+from leccr_cli.testing import single_error_line
 
 runner = CliRunner()
 
@@ -34,13 +35,6 @@ def saved(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(map(str, LABELS)) + "\n")
     return scores, labels
-
-
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output
-    return lines[0]
 
 
 def test_prints_the_table_and_writes_the_json(saved, tmp_path):
@@ -85,7 +79,7 @@ def test_shape_mismatch_is_one_red_line(saved, tmp_path):
     scores, _ = saved
     labels = tmp_path / "short.txt"
     labels.write_text("0\n1\n2\n")
-    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels)]))
+    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels)]))
     assert "shape (6, 3)" in line and "labels of shape (3,)" in line and "transposed" in line
 
 
@@ -95,7 +89,7 @@ def test_nan_scores_are_one_red_line(tmp_path, saved):
     bad = SCORES.clone()
     bad[4, 1] = float("nan")
     save_file({"scores": bad}, str(scores))
-    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels)]))
+    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels)]))
     assert "1 NaN and 0 infinite values; the first is nan at text 4, image 1" in line
 
 
@@ -112,7 +106,7 @@ def test_bad_label_files_are_one_red_line(tmp_path, saved, content, message):
     scores, _ = saved
     labels = tmp_path / "labels.txt"
     labels.write_text(content)
-    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels)]))
+    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels)]))
     assert message in line
 
 
@@ -132,16 +126,16 @@ def test_bad_json_labels_are_refused(tmp_path, content, message):
 def test_bad_score_files_are_one_red_line(tmp_path, saved):
     _, labels = saved
     missing = tmp_path / "missing.safetensors"
-    assert f"{missing}: no such file" in _error_line(runner.invoke(app, ["evaluate", "--scores", str(missing), "--labels", str(labels)]))
+    assert f"{missing}: no such file" in single_error_line(runner.invoke(app, ["evaluate", "--scores", str(missing), "--labels", str(labels)]))
 
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
-    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(garbage), "--labels", str(labels)]))
+    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(garbage), "--labels", str(labels)]))
     assert "is not a readable safetensors file" in line
 
     two = tmp_path / "two.safetensors"
     save_file({"a": SCORES, "b": SCORES.clone()}, str(two))
-    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(two), "--labels", str(labels)]))
+    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(two), "--labels", str(labels)]))
     assert "holds 2 tensors (a, b) and none is named 'scores'" in line
 
 
@@ -160,17 +154,17 @@ def test_files_that_are_folders_or_not_text_are_one_red_line(tmp_path, saved):
         (["--scores", str(folder), "--labels", str(labels)], f"{folder} is a folder, not a score file"),
         (["--scores", str(scores), "--labels", str(folder)], f"{folder} is a folder, not a labels file"),
     ]:
-        assert message in _error_line(runner.invoke(app, ["evaluate", *args]))
+        assert message in single_error_line(runner.invoke(app, ["evaluate", *args]))
     latin = tmp_path / "latin.txt"
     latin.write_bytes(b"0\n0\n1\n1\n2\n\xe9\n")
-    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(latin)]))
+    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(latin)]))
     assert f"{latin}, line 6: not UTF-8" in line
     huge = tmp_path / "huge.txt"
     huge.write_text("0\n0\n1\n1\n2\n99999999999999999999999\n")
-    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(huge)]))
+    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(huge)]))
     assert "label 5 (99999999999999999999999) is beyond any image index" in line
     recipe_folder = runner.invoke(app, ["train", str(folder)])
-    assert f"recipe {folder} is a folder" in _error_line(recipe_folder)
+    assert f"recipe {folder} is a folder" in single_error_line(recipe_folder)
 
 
 def test_json_into_a_folder_or_an_unwritable_place_is_refused_up_front(tmp_path, saved):
@@ -179,10 +173,10 @@ def test_json_into_a_folder_or_an_unwritable_place_is_refused_up_front(tmp_path,
     scores, labels = saved
     folder = tmp_path / "out"
     folder.mkdir()
-    line = _error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels), "--json", str(folder)]))
+    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels), "--json", str(folder)]))
     assert f"--json {folder} is a folder" in line
     args = ["--scores", str(scores), "--labels", str(labels), "--json", str(labels / "m.json")]
-    assert f"--json {labels / 'm.json'}: {labels} is not a folder" in _error_line(runner.invoke(app, ["evaluate", *args]))
+    assert f"--json {labels / 'm.json'}: {labels} is not a folder" in single_error_line(runner.invoke(app, ["evaluate", *args]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.txt", "out", "system.safetensors"]
     assert list(folder.iterdir()) == []  # no temporary file anywhere
     locked = tmp_path / "locked"
@@ -190,7 +184,7 @@ def test_json_into_a_folder_or_an_unwritable_place_is_refused_up_front(tmp_path,
     if os.access(locked, os.W_OK):
         pytest.skip("running as a user who may write anywhere")
     args = ["--scores", str(scores), "--labels", str(labels), "--json", str(locked / "m.json")]
-    assert "cannot write there (permission denied)" in _error_line(runner.invoke(app, ["evaluate", *args]))
+    assert "cannot write there (permission denied)" in single_error_line(runner.invoke(app, ["evaluate", *args]))
     assert list(locked.iterdir()) == []
 
 

@@ -11,6 +11,7 @@ from leccr_cli.data.corpus import Corpus
 from leccr_cli.data.descriptions import import_descriptions
 from leccr_cli.data.image_folder import find_images, image_ids, import_images
 from leccr_cli.errors import CorpusError
+from leccr_cli.testing import single_error_line
 
 runner = CliRunner()
 
@@ -34,13 +35,6 @@ def photos(tmp_path):
     return root
 
 
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
-    return lines[0]
-
-
 def test_a_folder_tree_becomes_a_gallery(photos, tmp_path):
     assert find_images(photos) == ["beach/dog.jpg", "beach/sun.webp", "cat.JPEG", "cat.png"]
     assert image_ids(find_images(photos)) == {
@@ -59,7 +53,7 @@ def test_a_folder_tree_becomes_a_gallery(photos, tmp_path):
 
 def test_unreadable_files_stop_the_import_or_are_skipped(photos, tmp_path):
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    line = _error_line(runner.invoke(app, ["data", "import-images", str(photos), str(tmp_path / "a")]))
+    line = single_error_line(runner.invoke(app, ["data", "import-images", str(photos), str(tmp_path / "a")]))
     assert f"image {photos / 'broken.jpg'} cannot be read" in line and "--on-error skip" in line
     assert not (tmp_path / "a").exists()
 
@@ -99,7 +93,7 @@ def test_a_rerun_holds_the_corpus_writer_lock(photos, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         _image(photos / "zebra.png", "white")
-        line = _error_line(runner.invoke(app, ["data", "import-images", str(photos), str(out)]))
+        line = single_error_line(runner.invoke(app, ["data", "import-images", str(photos), str(out)]))
         assert f"is being written by `leccr caption {out}` (pid {holder.pid}" in line
     finally:
         holder.kill()
@@ -124,14 +118,14 @@ def test_bad_places_are_refused(photos, tmp_path):
         ([str(photos), str(tmp_path / "out"), "--on-error", "ignore"], "--on-error 'ignore' is not supported"),
     ]
     for args, message in cases:
-        assert message in _error_line(runner.invoke(app, ["data", "import-images", *args]))
+        assert message in single_error_line(runner.invoke(app, ["data", "import-images", *args]))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "holds no images" in _error_line(runner.invoke(app, ["data", "import-images", str(empty), str(tmp_path / "e")]))
+    assert "holds no images" in single_error_line(runner.invoke(app, ["data", "import-images", str(empty), str(tmp_path / "e")]))
     other = tmp_path / "other"
     _image(other / "x.png")
     import_images(other, tmp_path / "theirs")
-    line = _error_line(runner.invoke(app, ["data", "import-images", str(photos), str(tmp_path / "theirs")]))
+    line = single_error_line(runner.invoke(app, ["data", "import-images", str(photos), str(tmp_path / "theirs")]))
     assert f"is a corpus of {other.resolve()}" in line and "--overwrite" in line
     assert import_images(photos, tmp_path / "theirs", overwrite=True).added == 4
 

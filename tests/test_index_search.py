@@ -25,16 +25,9 @@ from leccr_cli.model.factory import load_query_model
 from leccr_cli.pipeline import build_model_for, resolve_paths
 from leccr_cli.runs import create_run_dir, load_run
 from leccr_cli.search import Searcher
-from leccr_cli.testing import tiny_recipe
+from leccr_cli.testing import single_error_line, tiny_recipe
 
 runner = CliRunner()
-
-
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
-    return lines[0]
 
 
 def _copy_run(run, folder):
@@ -148,7 +141,7 @@ def test_an_interrupted_index_resumes_to_the_same_tensors(trained_run, synthetic
     assert sorted(p.name for p in target.iterdir()) == [".leccr.lock", ".parts"]
     with pytest.raises(IndexFolderError, match="unfinished .*rerun the same `leccr index` command"):
         Index.open(target)
-    assert "is unfinished" in _error_line(runner.invoke(app, ["search", str(target), "kreis"]))
+    assert "is unfinished" in single_error_line(runner.invoke(app, ["search", str(target), "kreis"]))
 
     resumed = build_index(trained_run, synthetic_corpus, target, split="test", batch_size=4)
     assert (resumed.embedded, resumed.resumed, resumed.status) == (11, 4, "built")
@@ -172,7 +165,7 @@ def test_a_second_index_writer_is_refused_and_search_goes_on(test_index, tmp_pat
     try:
         assert holder.stdout.readline().strip() == "locked"
         info = Index.open(out).info
-        line = _error_line(runner.invoke(app, ["index", info.model.run, info.corpus, "--split", "test", "--out", str(out)]))
+        line = single_error_line(runner.invoke(app, ["index", info.model.run, info.corpus, "--split", "test", "--out", str(out)]))
         assert f"is being written by `leccr index RUN CORPUS --out {out}` (pid {holder.pid}" in line
         assert runner.invoke(app, ["search", str(out), "ein stern"]).exit_code == 0  # readers are never blocked
     finally:
@@ -199,7 +192,7 @@ def test_a_full_disk_keeps_the_finished_batches(trained_run, synthetic_corpus, t
     monkeypatch.setattr(index_module._Parts, "write", fill_up)
     out = tmp_path / "index"
     args = ["index", str(trained_run), str(synthetic_corpus), "--split", "test", "--out", str(out), "--batch-size", "4"]
-    line = _error_line(runner.invoke(app, args))
+    line = single_error_line(runner.invoke(app, args))
     assert "disk full while writing" in line and f"finished batches are kept in {out / '.parts'}" in line
     monkeypatch.undo()
     result = runner.invoke(app, args)
@@ -239,7 +232,7 @@ def test_new_images_are_appended_and_equal_a_fresh_index(trained_run, synthetic_
 
 def test_a_model_that_reads_descriptions_names_the_images_without_one(trained_run, synthetic_corpus, tmp_path):
     corpus = import_images(_gallery_of(synthetic_corpus, tmp_path / "photos", 3), tmp_path / "corpus").corpus
-    line = _error_line(runner.invoke(app, ["index", str(trained_run), str(corpus.path), "--out", str(tmp_path / "i")]))
+    line = single_error_line(runner.invoke(app, ["index", str(trained_run), str(corpus.path), "--out", str(tmp_path / "i")]))
     assert "this model reads image descriptions" in line and f"leccr caption {corpus.path} --name synthetic" in line
     assert not (tmp_path / "i").exists()
 
@@ -262,7 +255,7 @@ def test_the_baseline_indexes_images_without_descriptions(baseline_run, syntheti
     assert index.info.descriptions is None and index.info.slots is None
     hits, _ = Searcher.open(tmp_path / "index").search(["ein stern"], k=2)
     assert len(hits[0]) == 2
-    line = _error_line(runner.invoke(app, ["search", str(tmp_path / "index"), "ein stern", "--fusion", "0.5"]))
+    line = single_error_line(runner.invoke(app, ["search", str(tmp_path / "index"), "ein stern", "--fusion", "0.5"]))
     assert "--fusion needs slot embeddings" in line
 
 
@@ -316,12 +309,12 @@ def test_bad_queries_are_one_red_line(test_index, tmp_path):
         ([str(test_index), "--queries", str(blank)], f"{blank}:2: the query '...' has no words"),
     ]
     for args, message in cases:
-        assert message in _error_line(runner.invoke(app, ["search", *args]))
+        assert message in single_error_line(runner.invoke(app, ["search", *args]))
 
 
 def test_bad_index_folders_are_one_red_line(trained_run, synthetic_corpus, tmp_path):
-    assert "no such folder" in _error_line(runner.invoke(app, ["search", str(tmp_path / "nowhere"), "stern"]))
-    assert "is not an index (no index.json)" in _error_line(runner.invoke(app, ["search", str(tmp_path), "stern"]))
+    assert "no such folder" in single_error_line(runner.invoke(app, ["search", str(tmp_path / "nowhere"), "stern"]))
+    assert "is not an index (no index.json)" in single_error_line(runner.invoke(app, ["search", str(tmp_path), "stern"]))
 
     run = _copy_run(trained_run, tmp_path / "run")
     out = tmp_path / "index"
@@ -329,7 +322,7 @@ def test_bad_index_folders_are_one_red_line(trained_run, synthetic_corpus, tmp_p
     damaged = tmp_path / "damaged"
     shutil.copytree(out, damaged)
     (damaged / EMBEDDINGS_FILE).unlink()
-    line = _error_line(runner.invoke(app, ["search", str(damaged), "stern"]))
+    line = single_error_line(runner.invoke(app, ["search", str(damaged), "stern"]))
     assert "embeddings.safetensors is missing or damaged" in line and "leccr index" in line
 
     # the run's model changes (trained on): the index is stale, and the rebuild command is given
@@ -337,20 +330,20 @@ def test_bad_index_folders_are_one_red_line(trained_run, synthetic_corpus, tmp_p
     with torch.no_grad():
         model.text_head.weight.mul_(0.5)
     model.save_pretrained(run / "model")
-    line = _error_line(runner.invoke(app, ["search", str(out), "stern"]))
+    line = single_error_line(runner.invoke(app, ["search", str(out), "stern"]))
     assert "is stale: the model of run" in line
     assert f"leccr index {run.resolve()} {synthetic_corpus.resolve()} --split test --descriptions synthetic --out {out} --overwrite" in line
 
     # updating it with the changed model is refused; --overwrite rebuilds it
-    line = _error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "test", "--out", str(out)]))
+    line = single_error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "test", "--out", str(out)]))
     assert "was built otherwise: the model" in line and "--overwrite" in line
     assert runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "test", "--out", str(out), "--overwrite"]).exit_code == 0
     assert runner.invoke(app, ["search", str(out), "stern"]).exit_code == 0
 
     # another split, corpus setting or dtype than the index holds
-    line = _error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "val", "--out", str(out)]))
+    line = single_error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "val", "--out", str(out)]))
     assert "split (index: test, now: val)" in line
-    line = _error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--out", str(tmp_path / "x")]))
+    line = single_error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--out", str(tmp_path / "x")]))
     assert "has the splits train, val, test" in line and "--split" in line
 
 

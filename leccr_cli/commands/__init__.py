@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import typer
 from rich.markup import escape
@@ -50,6 +52,19 @@ def rerun_command(ctx: typer.Context) -> str:
         else:
             words += [param.opts[0], str(value)]
     return shlex.join(words)
+
+
+@contextlib.contextmanager
+def says_when_interrupted(message: str) -> Iterator[None]:
+    """Turn Ctrl-C into one yellow line (what is kept, how to go on) from the main process, and exit code 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from leccr_cli.console import err_console, is_main_process
+
+        if is_main_process():
+            err_console.print(f"[yellow]interrupted:[/] {message}", soft_wrap=True, highlight=False)
+        raise typer.Exit(130) from None
 
 
 def make_app(help_text: str) -> typer.Typer:

@@ -39,7 +39,7 @@ def caption_command(
     from rich.markup import escape
 
     from leccr_cli.captioning import caption_corpus, open_describer
-    from leccr_cli.commands import rerun_command
+    from leccr_cli.commands import rerun_command, says_when_interrupted
     from leccr_cli.console import console, err_console, is_main_process
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.errors import LeccrError
@@ -57,7 +57,8 @@ def caption_command(
     splits = corpus.resolve_splits(split)
     describer = open_describer(mllm, model, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
     source = name or mllm
-    try:
+    kept = f"finished batches are kept in {corpus.path / 'descriptions'}; rerun the same command to describe the rest: `{rerun_command(ctx)}`"
+    with says_when_interrupted(kept):
         report = caption_corpus(
             corpus,
             describer,
@@ -70,14 +71,6 @@ def caption_command(
             overwrite=overwrite,
             on_error=on_error,
         )
-    except KeyboardInterrupt:
-        if is_main_process():
-            err_console.print(
-                f"[yellow]interrupted:[/] finished batches are kept in {corpus.path / 'descriptions'}; "
-                f"rerun the same command to describe the rest: `{rerun_command(ctx)}`",
-                soft_wrap=True, highlight=False,
-            )
-        raise typer.Exit(130) from None
     if not is_main_process():
         return
     if report.described:

@@ -29,22 +29,16 @@ def index_command(
     """
     from rich.markup import escape
 
-    from leccr_cli.commands import rerun_command
-    from leccr_cli.console import console, err_console
+    from leccr_cli.commands import rerun_command, says_when_interrupted
+    from leccr_cli.console import console
     from leccr_cli.index import PARTS_DIR, build_index
 
-    try:
+    kept = f"finished batches are kept in {escape(str(out / PARTS_DIR))}; `{escape(rerun_command(ctx))}` embeds the rest"
+    with says_when_interrupted(kept):
         report = build_index(
             run, corpus, out, split=split, descriptions=descriptions, dtype=dtype, batch_size=batch_size, device=device,
             overwrite=overwrite,
         )  # fmt: skip
-    except KeyboardInterrupt:
-        err_console.print(
-            f"[yellow]interrupted:[/] finished batches are kept in {escape(str(out / PARTS_DIR))}; "
-            f"`{escape(rerun_command(ctx))}` embeds the rest",
-            soft_wrap=True, highlight=False,
-        )
-        raise typer.Exit(130) from None
     if report.status == "up to date":
         console.print(f"{escape(str(report.folder))} is up to date: {report.count} images ({report.dtype})")
         return

@@ -27,21 +27,15 @@ def build_slots_command(
     """
     from rich.table import Table
 
-    from leccr_cli.commands import rerun_command
-    from leccr_cli.console import console, err_console
+    from leccr_cli.commands import rerun_command, says_when_interrupted
+    from leccr_cli.console import console
     from leccr_cli.slots import build_slots
 
-    try:
+    kept = f"the caches of finished splits are kept (the split in progress is not); `{rerun_command(ctx)}` builds the rest"
+    with says_when_interrupted(kept):
         reports = build_slots(
             source, splits=split, overrides=overrides, batch_size=batch_size, dtype=dtype, device=device, overwrite=overwrite
         )
-    except KeyboardInterrupt:
-        err_console.print(
-            "[yellow]interrupted:[/] the caches of finished splits are kept (the split in progress is not); "
-            f"`{rerun_command(ctx)}` builds the rest",
-            soft_wrap=True, highlight=False,
-        )
-        raise typer.Exit(130) from None
     table = Table(title="Slot caches")
     for column in ("split", "status", "rows", "longest", "dtype", "MB", "file"):
         table.add_column(column, justify="right" if column in ("rows", "longest", "MB") else "left")

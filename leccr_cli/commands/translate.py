@@ -41,8 +41,8 @@ def translate_command(
 
     --split defaults to train (with --descriptions: every split). --overwrite replaces earlier translations of the same split, target and origin (and discards unfinished work made with other settings). Resumable: a rerun skips what is done and finishes the rest. Several GPUs: `accelerate launch -m leccr_cli translate ...`.
     """
-    from leccr_cli.commands import rerun_command
-    from leccr_cli.console import err_console, is_main_process
+    from leccr_cli.commands import rerun_command, says_when_interrupted
+    from leccr_cli.console import is_main_process
     from leccr_cli.data.corpus import Corpus
     from leccr_cli.languages import check_language, parse_language_list
     from leccr_cli.translation import PARTIAL_FOLDER, TranslationOptions, make_engine, translate_corpus
@@ -51,7 +51,8 @@ def translate_command(
     check_language(source_lang)
     splits = Corpus.open(corpus_path).resolve_splits(split, default=["train"] if descriptions is None else None)
     options = TranslationOptions(batch_size=batch_size, max_tokens=max_tokens, num_beams=num_beams, dtype=dtype)
-    try:
+    kept = f"finished shards are kept in {corpus_path / PARTIAL_FOLDER} (finished jobs are in the corpus); `{rerun_command(ctx)}` translates the rest"
+    with says_when_interrupted(kept):
         reports = translate_corpus(
             corpus_path,
             targets,
@@ -62,14 +63,6 @@ def translate_command(
             descriptions=descriptions,
             overwrite=overwrite,
         )
-    except KeyboardInterrupt:
-        if is_main_process():
-            err_console.print(
-                f"[yellow]interrupted:[/] finished shards are kept in {corpus_path / PARTIAL_FOLDER} (finished jobs "
-                f"are in the corpus); `{rerun_command(ctx)}` translates the rest",
-                soft_wrap=True, highlight=False,
-            )
-        raise typer.Exit(130) from None
     if is_main_process():
         _print_summary(corpus_path, reports)
 
