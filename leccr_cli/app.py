@@ -37,7 +37,7 @@ from leccr_cli.evaluate import encode_gallery, language_galleries, query_caption
 from leccr_cli.index import Index, IndexInfo, ModelIdentity
 from leccr_cli.metrics import DEFAULT_KS
 from leccr_cli.model.leccr import uses_slot_embeddings
-from leccr_cli.runs import EVAL_DIR, METRICS_FILE, TRAIN_LOG_FILE, load_run
+from leccr_cli.runs import EVAL_DIR, METRICS_FILE, TRAIN_LOG_FILE, load_run, read_records
 from leccr_cli.search import DEFAULT_K, Hit, Searcher, top_k
 
 SLOT_TOP_WORDS = 5
@@ -278,15 +278,7 @@ class RunApp:
 
     def _records(self, name: str) -> list[dict]:
         path = self.run_dir / name
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line being written by a training run
-        return records
+        return read_records(path) if path.is_file() else []  # a line being written by a training run is skipped
 
     def eval_table(self) -> pd.DataFrame:
         """One row per evaluation file in eval/ (written by training's test and by `leccr evaluate`)."""
