@@ -1,15 +1,20 @@
 """Search latency over large synthetic indexes, and index build throughput against evaluation's gallery encoding.
 
 Search: indexes of 10k, 100k and 1M items x 256 dims at fp16 (random unit vectors, written
-in the real index format) are searched by the real `Searcher` (query model, memory-mapped
-embeddings, exact chunked top-k, k = 10) with single queries in German, French, Czech and
-English. The model load is timed apart; every query is timed end to end (cleaning,
-tokenizing, embedding, scoring every row, top-k, reading the hits' items), the scan
-(scoring and top-k) on its own, and the floor the machine allows: reading every embedding
-once (`sum()` over the memory-mapped fp16 rows, no scoring). p50 and p95 over `--queries` queries after warm-up, on
-`--threads` threads. Memory: the process's private (anonymous) memory and its mapped file
-pages before and after the searches (`/proc/self/status`): the scan reads the index through
-the page cache (file pages, bounded by the index file) and keeps its own temporaries small.
+in the real index format, int8 codes included) are searched by the real `Searcher` (query
+model, memory-mapped embeddings and codes, exact two-pass top-k, k = 10) with single queries
+in German, French, Czech and English. The model load is timed apart; every query is timed
+end to end (cleaning, tokenizing, embedding, both passes, reading the hits' items) and the
+scan (both passes and top-k) on its own; p50 and p95 over `--queries` queries after warm-up,
+on `--threads` threads. Memory: the process's private (anonymous) memory before and after the
+searches and the pages of each index file the searches touched (`/proc/self/status`,
+`/proc/self/smaps`): the first pass reads every code, the second only the candidates' rows.
+
+Side by side, for 24 queries: the two-pass scan against the float32 reference (every row
+converted and scored by `model.score`, the best 10 kept, as `leccr search` did before its
+int8 first pass; both must return the same rows) and
+their ratio, and the floors the machine allows: reading every code once, and every
+embedding once (an integer sum over the memory-mapped bytes, no scoring).
 
 Build: `build_index` (what `leccr index` runs: load the run, embed the split, write the
 parts, merge them into the index) against `load_run` + `encode_gallery` (what `leccr
@@ -98,7 +103,7 @@ def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: i
     from datasets import Dataset, Features, Value
 
     from leccr_cli.data.slot_cache import StreamingSafetensors, tensor_bytes
-    from leccr_cli.index import EMBEDDINGS_FILE, INDEX_FILE, ITEM_COLUMNS, ITEMS_DIR, IndexInfo, ModelIdentity
+    from leccr_cli.index import CODES_FILE, EMBEDDINGS_FILE, INDEX_FILE, ITEM_COLUMNS, ITEMS_DIR, IndexInfo, ModelIdentity, write_codes
 
     folder.mkdir(parents=True)
     generator = torch.Generator().manual_seed(seed)
@@ -109,6 +114,7 @@ def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: i
         out.write("global", start * dim * 2, tensor_bytes(rows.half()))
     out.close()
     ids = [f"img{i:07d}" for i in range(count)]
+    write_codes(folder / CODES_FILE, folder / EMBEDDINGS_FILE, ids)
     items = {"image_id": ids, "path": [f"/photos/{i}.jpg" for i in ids], "description": [""] * count}
     Dataset.from_dict(items, features=Features({c: Value("string") for c in ITEM_COLUMNS})).save_to_disk(str(folder / ITEMS_DIR))
     info = IndexInfo(ModelIdentity.of_run(run), "synthetic", "gallery", None, count, dim, None, False, "fp16")
@@ -116,18 +122,48 @@ def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: i
     return folder
 
 
+def float32_scan(model, query_embeds, index, k: int):
+    """The reference: every row scored by `model.score` in float32, the best k kept.
+
+    As `leccr search` scanned before its int8 first pass: rows converted to float32 1,024 at a
+    time (a buffer that stays in the CPU cache), tasks of 65,536 rows taken by single-threaded workers.
+    """
+    import torch
+
+    from leccr_cli.model.leccr import ImageEmbeddings
+    from leccr_cli.search import _scan_pool
+
+    def task(start: int):
+        stop = min(start + (1 << 16), len(index))
+        buffer = torch.empty(1024, index.global_embeds.shape[1])
+        scores = torch.empty(len(query_embeds), stop - start)
+        with torch.inference_mode():
+            for first in range(start, stop, 1024):
+                rows = buffer[: min(1024, stop - first)].copy_(index.global_embeds[first : first + 1024])
+                scores[:, first - start : first - start + len(rows)] = model.score(query_embeds, ImageEmbeddings(rows))
+            values, rows = scores.topk(min(k, stop - start), dim=1)
+        return values, rows + start
+
+    workers = max(1, min(torch.get_num_threads(), -(-len(index) // (1 << 16))))
+    parts = list(_scan_pool(workers).map(task, range(0, len(index), 1 << 16)))
+    scores, rows = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+    values, chosen = scores.topk(k, dim=1)
+    return values, rows.gather(1, chosen)
+
+
 def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
     import torch
 
+    from leccr_cli.index import CODES_FILE, EMBEDDINGS_FILE
     from leccr_cli.search import Searcher, top_k
 
     started = time.perf_counter()
     searcher = Searcher.open(index)
     load = time.perf_counter() - started
-    embeddings = (index / "embeddings.safetensors").resolve()
+    files = {name: (index / name).resolve() for name in (EMBEDDINGS_FILE, CODES_FILE)}
     anon0 = status_kib("RssAnon")
     texts = [QUERIES[i % len(QUERIES)] for i in range(queries + warmup)]
-    total, scan, floor = [], [], []
+    total, scan = [], []
     for i, text in enumerate(texts):
         started = time.perf_counter()
         hits, _ = searcher.search([text], k=10)
@@ -136,26 +172,46 @@ def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
         started = time.perf_counter()
         top_k(searcher.model, embeds, searcher.index, 10)
         scanned = time.perf_counter() - started
-        started = time.perf_counter()
-        searcher.index.global_embeds.sum()  # the floor: read every embedding once, no scoring
-        read = time.perf_counter() - started
         if i >= warmup:
             total.append(elapsed)
             scan.append(scanned)
-            floor.append(read)
         assert len(hits[0]) == 10
-    anon1, mapped = status_kib("RssAnon"), mapped_kib(embeddings)
+    anon1 = status_kib("RssAnon")
+    mapped = {name: mapped_kib(path) / 1024 for name, path in files.items()}  # pages the searches touched
+
+    # side by side: the two-pass scan against scoring every row in float32, same queries, same answers
+    reference, fast, codes_floor, embeddings_floor = [], [], [], []
+    codes = searcher.index.codes.global_rows.codes
+    for text in QUERIES * 3:
+        embeds = searcher.embed([text])
+        started = time.perf_counter()
+        expected = float32_scan(searcher.model, embeds, searcher.index, 10)
+        reference.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        found = top_k(searcher.model, embeds, searcher.index, 10)
+        fast.append(time.perf_counter() - started)
+        assert torch.equal(found[1], expected[1]), (text, found, expected)
+        started = time.perf_counter()
+        codes.view(torch.int64).sum()  # the floor of the first pass: read every code once
+        codes_floor.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        searcher.index.global_embeds.view(torch.int64).sum()  # the floor of a float32 scan: read every embedding once
+        embeddings_floor.append(time.perf_counter() - started)
 
     def pct(values, q):
         return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
 
-    size = (index / "embeddings.safetensors").stat().st_size
+    sizes = {name: path.stat().st_size / 2**20 for name, path in files.items()}
     return {
         "items": len(searcher.index),
         "load_s": load,
         "p50_ms": pct(total, 50), "p95_ms": pct(total, 95),
-        "scan_p50_ms": pct(scan, 50), "scan_p95_ms": pct(scan, 95), "floor_p50_ms": pct(floor, 50),
-        "anon_mib": (anon1 - anon0) / 1024, "mapped_mib": mapped / 1024, "index_mib": size / 2**20,
+        "scan_p50_ms": pct(scan, 50), "scan_p95_ms": pct(scan, 95),
+        "codes_floor_ms": pct(codes_floor, 50), "embeddings_floor_ms": pct(embeddings_floor, 50),
+        "float32_scan_ms": pct(reference, 50), "two_pass_ms": pct(fast, 50),
+        "anon_mib": (anon1 - anon0) / 1024,
+        "embeddings_mib": sizes[EMBEDDINGS_FILE], "codes_mib": sizes[CODES_FILE],
+        "embeddings_mapped_mib": mapped[EMBEDDINGS_FILE], "codes_mapped_mib": mapped[CODES_FILE],
         "threads": torch.get_num_threads(),
     }  # fmt: skip
 
@@ -216,15 +272,19 @@ def main() -> None:
         corpus = build_synthetic(workdir / "corpus", images=args.build_images, langs=["de", "fr", "cs"], seed=0, image_size=64).path
         run = make_run(workdir, corpus, args.dim, args.text)
         print(f"torch {torch.__version__}, {args.threads} threads; query model: {args.text} text encoder, {args.dim}-d head")
-        print("| items | index file | model load | p50 | p95 | scan p50 | scan p95 | read floor p50 | private memory growth | index pages mapped |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(
+            "| items | embeddings + codes | model load | p50 | p95 | scan p50 | scan p95 | float32 scan p50 | ratio | "
+            "read floor: codes / embeddings | private memory growth | pages mapped: codes / embeddings |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for size in [int(s) for s in args.sizes.split(",")]:
             index = write_synthetic_index(workdir / f"index-{size}", run, size, args.dim)
             r = bench_search(index, args.queries)
             print(
-                f"| {size:,} | {r['index_mib']:.0f} MiB | {r['load_s']:.2f} s | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | "
-                f"{r['scan_p50_ms']:.1f} ms | {r['scan_p95_ms']:.1f} ms | {r['floor_p50_ms']:.1f} ms | {r['anon_mib']:+.0f} MiB | "
-                f"{r['mapped_mib']:.0f} MiB |",
+                f"| {size:,} | {r['embeddings_mib']:.0f} + {r['codes_mib']:.0f} MiB | {r['load_s']:.2f} s | {r['p50_ms']:.1f} ms | "
+                f"{r['p95_ms']:.1f} ms | {r['scan_p50_ms']:.1f} ms | {r['scan_p95_ms']:.1f} ms | {r['float32_scan_ms']:.1f} ms | "
+                f"x{r['float32_scan_ms'] / r['two_pass_ms']:.1f} | {r['codes_floor_ms']:.1f} / {r['embeddings_floor_ms']:.1f} ms | "
+                f"{r['anon_mib']:+.0f} MiB | {r['codes_mapped_mib']:.0f} / {r['embeddings_mapped_mib']:.0f} MiB |",
                 flush=True,
             )
             shutil.rmtree(index)

@@ -34,7 +34,7 @@ from leccr_cli.data.corpus import Corpus
 from leccr_cli.devices import select_device
 from leccr_cli.errors import LeccrError
 from leccr_cli.evaluate import encode_gallery, language_galleries, query_captions
-from leccr_cli.index import Index, IndexInfo, ModelIdentity
+from leccr_cli.index import Index, IndexCodes, IndexInfo, ModelIdentity
 from leccr_cli.metrics import DEFAULT_KS
 from leccr_cli.model.leccr import uses_slot_embeddings
 from leccr_cli.runs import EVAL_DIR, METRICS_FILE, TRAIN_LOG_FILE, load_run, read_records
@@ -237,11 +237,9 @@ class RunApp:
             "path": [str(paths[i].resolve()) for i in image_ids],
             "description": [descriptions.get(i, "") for i in image_ids],
         })  # fmt: skip
-        return Index(
-            Path(self.run_dir), info, items, embeds.global_embeds.cpu(),
-            None if embeds.slot_embeds is None else embeds.slot_embeds.cpu(),
-            None if embeds.slot_mask is None else embeds.slot_mask.cpu(),
-        )  # fmt: skip
+        embeds = embeds.to("cpu")
+        codes = IndexCodes.of_embeddings(embeds.global_embeds, embeds.slot_embeds)
+        return Index(Path(self.run_dir), info, items, embeds.global_embeds, embeds.slot_embeds, embeds.slot_mask, codes)
 
     def test_gallery(self, lang: str) -> Searcher:
         """The test gallery `lang`'s captions are ranked against, as `leccr evaluate` ranks them (`eval.gallery`)."""

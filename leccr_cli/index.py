@@ -7,6 +7,9 @@ INDEX/
                            description source, count, dims, storage dtype
   embeddings.safetensors   global [N, D]; slots [N, K, D] (and slot_mask [N, K]) when the model has
                            slot embeddings; fp16 by default
+  codes.safetensors        the same rows as int8 codes with a scale each (`prefilter`): search's
+                           first pass reads these, then scores the rows that can still win from
+                           embeddings.safetensors
   items/                   HF dataset: image_id, path, description (the row order of the embeddings)
 ```
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -56,19 +60,23 @@ from leccr_cli.fs import (
     writer_lock,
 )
 from leccr_cli.model.leccr import LeccrModel, uses_slot_embeddings
+from leccr_cli.prefilter import CODE_ALIGN, Quantized, padded_width, quantize
 from leccr_cli.runs import MODEL_DIR, load_run
 
 INDEX_FORMAT = "leccr-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: codes.safetensors
 INDEX_FILE = "index.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
+CODES_FILE = "codes.safetensors"
+CODES_ALIGN = 64  # where the data of codes.safetensors starts (the int8 kernel loads codes 16-byte aligned)
+QUANTIZE_ROWS = 16384  # rows quantized at a time while writing the codes
 ITEMS_DIR = "items"
 ITEM_COLUMNS = ("image_id", "path", "description")
 PARTS_DIR = ".parts"  # INDEX/.parts/: the finished batches of an unfinished build
 DEFAULT_INDEX_DTYPE = "fp16"
 DEFAULT_SPLIT = "gallery"
 WEIGHTS_FILE = "model.safetensors"
-_NUMPY_TYPES = {"F16": np.float16, "BF16": np.int16, "F32": np.float32, "BOOL": np.bool_}
+_NUMPY_TYPES = {"F16": np.float16, "BF16": np.int16, "F32": np.float32, "F64": np.float64, "BOOL": np.bool_, "I8": np.int8}
 
 
 class IndexFolderError(LeccrError):
@@ -214,8 +222,9 @@ class Index:
         info: IndexInfo,
         items: pa.Table,
         global_embeds: torch.Tensor,
-        slot_embeds: torch.Tensor | None = None,
-        slot_mask: torch.Tensor | None = None,
+        slot_embeds: torch.Tensor | None,
+        slot_mask: torch.Tensor | None,
+        codes: "IndexCodes",
     ):
         self.folder = folder
         self.info = info
@@ -223,6 +232,7 @@ class Index:
         self.global_embeds = global_embeds  # [N, D]
         self.slot_embeds = slot_embeds  # [N, K, D]
         self.slot_mask = slot_mask  # [N, K] bool
+        self.codes = codes  # the same rows as int8 codes, for search's first pass
         self._columns: dict[str, list[str]] = {}
 
     @classmethod
@@ -257,7 +267,8 @@ class Index:
                 f"items: {items.num_rows})",
                 rebuild,
             )
-        return cls(folder, info, items, global_embeds, tensors.get("slots"), tensors.get("slot_mask"))
+        codes = IndexCodes.open(folder / CODES_FILE, info, rebuild)
+        return cls(folder, info, items, global_embeds, tensors.get("slots"), tensors.get("slot_mask"), codes)
 
     def column(self, name: str) -> list[str]:
         """A whole item column as a list (read once)."""
@@ -293,7 +304,8 @@ class Index:
 
         info = replace(self.info, count=len(rows))
         items = self.items.take(pa.array(rows, type=pa.int64()))
-        return Index(self.folder, info, items, take(self.global_embeds), take(self.slot_embeds), take(self.slot_mask))
+        codes = self.codes.select(picked)
+        return Index(self.folder, info, items, take(self.global_embeds), take(self.slot_embeds), take(self.slot_mask), codes)
 
     def rebuild_command(self) -> str:
         return self.info.rebuild_command(self.folder)
@@ -312,6 +324,96 @@ class Index:
                 f"index {self.folder} is stale: the model of run {model.run} changed since the index was built",
                 f"rebuild it with `{self.rebuild_command()}`",
             )
+
+
+@dataclass
+class IndexCodes:
+    """An index's rows as int8 codes (`prefilter`): global [N, W] and, with slots, [N, K, W], scales alike."""
+
+    global_rows: Quantized
+    slot_rows: Quantized | None  # codes [N, K, W], scales [N, K]
+
+    @property
+    def width(self) -> int:
+        return self.global_rows.codes.shape[1]
+
+    def select(self, picked: torch.Tensor) -> "IndexCodes":
+        """The rows `picked` (a 1-D long tensor), in that order."""
+
+        def take(rows: Quantized | None) -> Quantized | None:
+            if rows is None:
+                return None
+            return replace(rows, codes=rows.codes[picked], scales=rows.scales[picked])
+
+        return IndexCodes(take(self.global_rows), take(self.slot_rows))
+
+    @classmethod
+    def of_embeddings(cls, global_embeds: torch.Tensor, slot_embeds: torch.Tensor | None = None) -> "IndexCodes":
+        """The codes of embeddings held in memory ([N, D] and [N, K, D])."""
+        slot_rows = None
+        if slot_embeds is not None:
+            count, per_image = slot_embeds.shape[:2]
+            flat = quantize(slot_embeds.reshape(count * per_image, -1))
+            slot_rows = replace(flat, codes=flat.codes.view(count, per_image, -1), scales=flat.scales.view(count, per_image))
+        return cls(quantize(global_embeds), slot_rows)
+
+    @classmethod
+    def open(cls, path: Path, info: IndexInfo, rebuild: str) -> "IndexCodes":
+        try:
+            tensors = _memory_map(path)
+        except (OSError, ValueError, KeyError) as error:
+            raise IndexFolderError(f"index {path.parent}: {CODES_FILE} is missing or damaged ({error})", rebuild) from None
+        width = padded_width(info.dim)
+        shapes = {"global": (info.count, width)}
+        if info.slots is not None:
+            shapes["slots"] = (info.count, info.slots, width)
+        found = {}
+        for part, shape in shapes.items():
+            codes, scales, bounds = (tensors.get(f"{part}_{name}") for name in ("codes", "scales", "bounds"))
+            fits = codes is not None and tuple(codes.shape) == shape and scales is not None and tuple(scales.shape) == shape[:-1]
+            if not fits or bounds is None or tuple(bounds.shape) != (2,):
+                raise IndexFolderError(f"index {path.parent}: {CODES_FILE} does not fit {INDEX_FILE}", rebuild)
+            if codes.numel() and codes.data_ptr() % CODE_ALIGN:  # every row starts at a multiple of 16 bytes
+                raise IndexFolderError(f"index {path.parent}: {CODES_FILE} holds misaligned codes", rebuild)
+            found[part] = Quantized(codes, scales, *bounds.tolist())
+        return cls(found["global"], found.get("slots"))
+
+
+def write_codes(path: Path, embeddings: Path, image_ids: list[str]) -> None:
+    """Write `codes.safetensors` for the rows of an embeddings file (quantized a block of rows at a time).
+
+    An embedding that is not finite is refused, naming its images: the model that made it is broken.
+    """
+    tensors = _memory_map(embeddings)
+    count, dim = tensors["global"].shape
+    width = padded_width(dim)
+    parts = {"global": tensors["global"]}
+    if "slots" in tensors:
+        parts["slots"] = tensors["slots"]
+    layout = {f"{part}_codes": ("I8", [*rows.shape[:-1], width], 1) for part, rows in parts.items()}
+    layout.update({f"{part}_bounds": ("F64", [2], 8) for part in parts})
+    layout.update({f"{part}_scales": ("BF16", list(rows.shape[:-1]), 2) for part, rows in parts.items()})
+    out = StreamingSafetensors(path, layout, {"format": INDEX_FORMAT}, align=CODES_ALIGN)
+    try:
+        for part, rows in parts.items():
+            per_image = math.prod(rows.shape[1:-1])  # code rows per image: 1, or its slots
+            norm = residual = 0.0
+            for start in range(0, count, QUANTIZE_ROWS):
+                block = rows[start : start + QUANTIZE_ROWS].reshape(-1, dim)
+                finite = torch.isfinite(block).reshape(-1, per_image * dim).all(dim=1)
+                if not bool(finite.all()):
+                    broken = [image_ids[start + i] for i in (~finite).nonzero().flatten().tolist()]
+                    raise ModelError(
+                        f"the model gave non-finite embeddings (images: {first_few(broken)})",
+                        "its weights are broken (check the run's training log); retrain or use another run",
+                    )
+                quantized = quantize(block)
+                out.write(f"{part}_codes", start * per_image * width, tensor_bytes(quantized.codes))
+                out.write(f"{part}_scales", start * per_image * 2, tensor_bytes(quantized.scales))
+                norm, residual = max(norm, quantized.max_norm), max(residual, quantized.max_residual)
+            out.write(f"{part}_bounds", 0, tensor_bytes(torch.tensor([norm, residual], dtype=torch.float64)))
+    finally:
+        out.close()
 
 
 def _read_items(folder: Path, rebuild: str) -> pa.Table:
@@ -632,6 +734,7 @@ def _build(model, recipe, corpus, split, plan: _Plan, info: IndexInfo, out: Path
     # the new folder replaces INDEX (its parts with it) in one journaled step
     with atomic_directory(out, overwrite=True) as temporary:
         _write_embeddings(temporary / EMBEDDINGS_FILE, plan, info.dim, storage, rows, existing)
+        write_codes(temporary / CODES_FILE, temporary / EMBEDDINGS_FILE, image_ids)
         _write_items(temporary / ITEMS_DIR, plan)
         (temporary / INDEX_FILE).write_text(info.to_json(), encoding="utf-8")
     status = "built" if existing is None else "updated"

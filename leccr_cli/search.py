@@ -4,9 +4,10 @@ A search loads only what a query needs: the run's tokenizer, text encoder and te
 (`model.factory.load_query_model`; the image side is never read) and the index's embeddings,
 memory-mapped. Queries are cleaned and embedded by `evaluate.encode_texts`, exactly as
 `leccr evaluate` embeds its queries, and scored with the model's own `score` (so `--fusion`
-means what it means there). Top-k is exact: every row is scored, in chunks of rows whose
-temporaries fit a memory budget, keeping the best k of each chunk; ties are broken by the
-gallery order.
+means what it means there). Top-k is exact, in two passes: the index's int8 codes give every
+row a first-pass score within a known bound of its float32 score (`prefilter`); the rows that
+can still be among the best k are then read from the embeddings and scored in float32 by
+`model.score`. Ties are broken by the gallery order.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ from leccr_cli.config import Recipe
 from leccr_cli.data.loading import TextCleaning
 from leccr_cli.errors import LeccrError, ModelError
 from leccr_cli.evaluate import encode_texts
-from leccr_cli.index import Index
+from leccr_cli.index import Index, IndexCodes
 from leccr_cli.model.factory import load_query_model
-from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel
+from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel, best_slot_scores, fuse_scores
+from leccr_cli.prefilter import approximate_scores, error_bound, fused_error_bound, pad_queries
 from leccr_cli.runs import MODEL_DIR, read_run_recipe
 
 DEFAULT_K = 10
 DEFAULT_MEMORY_BUDGET_MB = 256
 QUERY_BATCH = 256  # queries embedded and scored together
-ROWS_PER_TASK = 1 << 16  # rows a worker scans before it takes the next task (smaller indexes: one worker)
-CONVERT_ROWS = 1024  # index rows converted to float32 at a time (1 MiB at 256 dims: it stays in the CPU's L2 cache)
+ROWS_PER_TASK = 1 << 17  # rows a worker scans before it takes the next task (smaller indexes: one worker)
+EXACT_ROWS = 1024  # candidate rows read and scored in float32 at a time
+TWO_PASS_QUERIES = 24  # more queries at once score every row in float32 (see `top_k`)
+PRESELECT = 64  # a block's best first-pass rows taken at once (one topk); the floor is looked for beyond them only when all pass
 
 
 class SearchError(LeccrError):
@@ -60,9 +64,9 @@ class QueryNotes:
     clamped_from: int | None = None  # the k asked for, when larger than the index
 
 
-def _block_rows(queries: int, count: int, memory_budget_mb: float) -> int:
-    """Rows whose scores are held at once ([queries, rows] float32 within the budget), at least one conversion chunk."""
-    return min(count, max(CONVERT_ROWS, int(memory_budget_mb * 2**20) // (4 * queries)))
+def _block_rows(queries: int, count: int, memory_budget_mb: float, row_bytes: int) -> int:
+    """Rows whose scores are held at once ([queries, rows] x `row_bytes`) within the budget, at least 1,024."""
+    return min(count, max(EXACT_ROWS, int(memory_budget_mb * 2**20) // (row_bytes * queries)))
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -91,34 +95,110 @@ def _scan_pool(workers: int) -> ThreadPoolExecutor:
     return pool
 
 
-def _scan(model, queries, index: Index, k: int, fusion, first_row: int, end_row: int, block: int):
-    """The best k (scores, rows) of rows first_row..end_row-1 for every query, in no particular order."""
-    convert = min(CONVERT_ROWS, end_row - first_row)
-    global_buffer = torch.empty(convert, index.info.dim)
-    slot_buffer = torch.empty(convert, index.info.slots, index.info.dim) if fusion is not None else None
-    scores = torch.empty(len(queries), min(block, end_row - first_row))
+def _keep_best(scores, rows, new_scores, new_rows, k: int):
+    """The best k of two sets of (scores [Q, n], rows [Q, n]); among equal scores the earlier row wins."""
+    scores, rows = torch.cat([scores, new_scores], dim=1), torch.cat([rows, new_rows], dim=1)
+    order = rows.argsort(dim=1)
+    scores, rows = scores.gather(1, order), rows.gather(1, order)
+    order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return scores.gather(1, order), rows.gather(1, order)
+
+
+def _first_pass(queries, codes: IndexCodes, slot_mask, fusion, start: int, stop: int) -> torch.Tensor:
+    """[Q, stop - start] first-pass scores of rows start..stop-1, fused like `model.score` when `fusion` is given."""
+    rows = codes.global_rows
+    scores = approximate_scores(queries, rows.codes[start:stop], rows.scales[start:stop])
+    if fusion is None:
+        return scores
+    slots = codes.slot_rows
+    width, per_image = slots.codes.shape[-1], slots.codes.shape[1]
+    per_slot = approximate_scores(queries, slots.codes[start:stop].reshape(-1, width), slots.scales[start:stop].reshape(-1))
+    mask = None if slot_mask is None else slot_mask[start:stop]
+    return fuse_scores(scores, best_slot_scores(per_slot.view(len(scores), stop - start, per_image), mask), fusion)
+
+
+def _exact(model, queries, index: Index, rows: torch.Tensor | slice, fusion) -> torch.Tensor:
+    """[Q, rows] float32 scores (`model.score`) of some rows of the index (a tensor of rows, or a slice)."""
+    gallery = ImageEmbeddings(index.global_embeds[rows].float())
+    if fusion is not None:
+        mask = None if index.slot_mask is None else index.slot_mask[rows]
+        gallery = ImageEmbeddings(gallery.global_embeds, index.slot_embeds[rows].float(), mask)
+    return model.score(queries, gallery, fusion=fusion)
+
+
+class _KnownKth:
+    """The best k-th float32 score of any finished task, per query: no row scoring below it can be among the best k."""
+
+    def __init__(self, queries: int):
+        self.scores = torch.full((queries,), float("-inf"))
+        self.lock = threading.Lock()
+
+    def kth(self, best_scores: torch.Tensor, k: int) -> torch.Tensor:
+        """The known k-th best, or the task's own (`best_scores`, best first) when it is better."""
+        with self.lock:
+            known = self.scores.clone()
+        return torch.maximum(known, best_scores[:, k - 1]) if best_scores.shape[1] == k else known
+
+    def update(self, best_scores: torch.Tensor, k: int) -> None:
+        if best_scores.shape[1] == k:
+            with self.lock:
+                torch.maximum(self.scores, best_scores[:, k - 1], out=self.scores)
+
+
+def _scan(model, queries, padded, bound, known: _KnownKth, index: Index, k: int, fusion, first_row: int, end_row: int, block: int):
+    """The best k (scores, rows) of rows first_row..end_row-1 for every query, best first.
+
+    A block's rows are first scored from their int8 codes; a row can be among the best k only
+    if its first-pass score is at least the block's k-th best minus twice `bound`, and at least
+    the k-th best float32 score known (this task's or a finished one's) minus `bound`. Those
+    rows (of any query) are then scored in float32. `padded`: the queries as the int8 kernel takes them.
+    """
     best_scores = torch.empty(len(queries), 0)
     best_rows = torch.empty(len(queries), 0, dtype=torch.long)
     with torch.inference_mode():
         for start in range(first_row, end_row, block):
             stop = min(start + block, end_row)
-            for first in range(start, stop, convert):
-                last = min(first + convert, stop)
-                rows = global_buffer[: last - first]
-                rows.copy_(index.global_embeds[first:last])
-                gallery = ImageEmbeddings(rows)
-                if slot_buffer is not None:
-                    slots = slot_buffer[: last - first]
-                    slots.copy_(index.slot_embeds[first:last])
-                    mask = None if index.slot_mask is None else index.slot_mask[first:last]
-                    gallery = ImageEmbeddings(rows, slots, mask)
-                scores[:, first - start : last - start] = model.score(queries, gallery, fusion=fusion)
-            values, positions = scores[:, : stop - start].topk(min(k, stop - start), dim=1)
-            best_scores = torch.cat([best_scores, values], dim=1)
-            best_rows = torch.cat([best_rows, positions + start], dim=1)
-            if best_scores.shape[1] > k:
-                best_scores, chosen = best_scores.topk(k, dim=1)
-                best_rows = best_rows.gather(1, chosen)
+            first = _first_pass(padded, index.codes, index.slot_mask, fusion, start, stop)
+            values, positions = first.topk(min(max(k, PRESELECT), stop - start), dim=1)
+            floor = torch.maximum(values[:, min(k, stop - start) - 1] - bound, known.kth(best_scores, k)) - bound
+            floor32 = (floor - floor.abs() * 2**-23).float()  # at or below the float64 floor: no row at the floor is missed
+            if values.shape[1] < stop - start and bool((values[:, -1] >= floor32).any()):
+                candidates = (first >= floor32[:, None]).any(dim=0).nonzero().flatten()  # more than the preselected
+            else:
+                candidates = positions[values >= floor32[:, None]].unique()
+            candidates = candidates + start
+            for chunk in candidates.split(EXACT_ROWS):
+                scores = _exact(model, queries, index, chunk, fusion)
+                best_scores, best_rows = _keep_best(best_scores, best_rows, scores, chunk.expand(len(queries), -1), k)
+    known.update(best_scores, k)
+    return best_scores, best_rows
+
+
+def _scan_every_row(model, queries, index: Index, k: int, fusion, first_row: int, end_row: int, block: int):
+    """The best k (scores, rows) of rows first_row..end_row-1 for every query, every row scored in float32.
+
+    Rows are converted `EXACT_ROWS` at a time (a copy that stays in the CPU cache) and their
+    scores gathered in blocks of `block` rows; each block's best k (with every row tied at the
+    k-th place) join the best k kept.
+    """
+    best_scores = torch.empty(len(queries), 0)
+    best_rows = torch.empty(len(queries), 0, dtype=torch.long)
+    scores = torch.empty(len(queries), min(block, end_row - first_row))
+    with torch.inference_mode():
+        for start in range(first_row, end_row, block):
+            stop = min(start + block, end_row)
+            for first in range(start, stop, EXACT_ROWS):
+                last = min(first + EXACT_ROWS, stop)
+                scores[:, first - start : last - start] = _exact(model, queries, index, slice(first, last), fusion)
+            found = scores[:, : stop - start]
+            values, positions = found.topk(min(k + 1, stop - start), dim=1)
+            if values.shape[1] > k and bool((values[:, k] == values[:, k - 1]).any()):
+                # a tie at the k-th place: every row tied with it joins, and the gallery order decides
+                positions = (found >= values[:, k - 1 : k]).any(dim=0).nonzero().flatten().expand(len(queries), -1)
+                values = found.gather(1, positions)
+            else:
+                values, positions = values[:, :k], positions[:, :k]
+            best_scores, best_rows = _keep_best(best_scores, best_rows, values, positions + start, k)
     return best_scores, best_rows
 
 
@@ -133,26 +213,44 @@ def top_k(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [Q, k], rows [Q, k]) of the best k rows of `index` for every query, best first.
 
-    Exact: every row is scored with `model.score` in float32. Rows are converted to float32
-    `CONVERT_ROWS` at a time (a copy that stays in the CPU cache), their scores gathered in
-    blocks that fit `memory_budget_mb`, and the best k of each block kept. Tasks of
-    `ROWS_PER_TASK` rows go to as many single-threaded workers as torch has threads
-    (`_scan_pool`), each taking the next task when it is done. Equal scores keep the gallery order.
+    Exact: the result is the best k by `model.score` in float32. Up to `TWO_PASS_QUERIES`
+    queries, an int8 first pass decides which rows need that score (see `_scan`); more
+    queries at once score every row in float32 (`_scan_every_row`: one matrix product
+    serves them all, which beats the int8 kernel's one-query-at-a-time sums). Rows are
+    scanned in blocks whose scores fit `memory_budget_mb`; tasks of `ROWS_PER_TASK` rows go
+    to as many single-threaded workers as torch has threads (`_scan_pool`), each taking the
+    next task when it is done. Equal scores keep the gallery order.
     """
     count = len(index)
     k = min(k, count)
     queries = query_embeds.float().cpu()
     ranges = [(start, min(start + ROWS_PER_TASK, count)) for start in range(0, count, ROWS_PER_TASK)]
     workers = max(1, min(torch.get_num_threads(), len(ranges)))
-    block = _block_rows(len(queries), ROWS_PER_TASK, memory_budget_mb / workers)
-    parts = list(_scan_pool(workers).map(lambda r: _scan(model, queries, index, k, fusion, r[0], r[1], block), ranges))
-    best_scores = torch.cat([scores for scores, _ in parts], dim=1)
-    best_rows = torch.cat([rows for _, rows in parts], dim=1)
-    # best first; among equal scores, the earlier row first (topk's order of ties is arbitrary)
-    order = best_rows.argsort(dim=1)
-    best_scores, best_rows = best_scores.gather(1, order), best_rows.gather(1, order)
-    order = best_scores.argsort(dim=1, descending=True, stable=True)
-    return best_scores.gather(1, order)[:, :k], best_rows.gather(1, order)[:, :k]
+    if len(queries) > TWO_PASS_QUERIES:
+        block = _block_rows(len(queries), ROWS_PER_TASK, memory_budget_mb / workers, 4)
+        scan = lambda r: _scan_every_row(model, queries, index, k, fusion, r[0], r[1], block)  # noqa: E731
+        return _merged(_scan_pool(workers).map(scan, ranges), len(queries), k)
+    codes = index.codes
+    bound = error_bound(queries, codes.global_rows.max_norm, codes.global_rows.max_residual)
+    row_bytes = 6  # a bfloat16 and a float32 first-pass score per row and query
+    if fusion is not None:
+        slots = codes.slot_rows
+        slot_bound = error_bound(queries, slots.max_norm, slots.max_residual)
+        bound = fused_error_bound(queries, bound, slot_bound, fusion, [codes.global_rows, slots])
+        row_bytes *= 1 + slots.codes.shape[1]
+    block = _block_rows(len(queries), ROWS_PER_TASK, memory_budget_mb / workers, row_bytes)
+    known = _KnownKth(len(queries))
+    padded = pad_queries(queries, codes.width)
+    scan = lambda r: _scan(model, queries, padded, bound, known, index, k, fusion, r[0], r[1], block)  # noqa: E731
+    return _merged(_scan_pool(workers).map(scan, ranges), len(queries), k)
+
+
+def _merged(parts, queries: int, k: int):
+    """The best k of the tasks' best k."""
+    best_scores, best_rows = torch.empty(queries, 0), torch.empty(queries, 0, dtype=torch.long)
+    for scores, rows in parts:
+        best_scores, best_rows = _keep_best(best_scores, best_rows, scores, rows, k)
+    return best_scores, best_rows
 
 
 class Searcher:

@@ -19,7 +19,7 @@ from leccr_cli.data.descriptions import import_descriptions
 from leccr_cli.data.image_folder import import_images
 from leccr_cli.errors import CorpusError, ModelError
 from leccr_cli.evaluate import encode_gallery, encode_texts, evaluate_languages, query_captions
-from leccr_cli.index import EMBEDDINGS_FILE, Index, IndexFolderError, build_index
+from leccr_cli.index import CODES_FILE, EMBEDDINGS_FILE, Index, IndexFolderError, build_index
 from leccr_cli.metrics import metrics_from_ranks, retrieval_ranks_from_rows
 from leccr_cli.model.factory import load_query_model
 from leccr_cli.pipeline import build_model_for, resolve_paths
@@ -149,7 +149,8 @@ def test_an_interrupted_index_resumes_to_the_same_tensors(trained_run, synthetic
     assert torch.equal(a.global_embeds, b.global_embeds) and torch.equal(a.slot_embeds, b.slot_embeds)
     assert (a.image_ids, a.paths, a.descriptions) == (b.image_ids, b.paths, b.descriptions)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries beside it
-    assert sorted(p.name for p in target.iterdir()) == [".leccr.lock", EMBEDDINGS_FILE, "index.json", "items"]
+    assert sorted(p.name for p in target.iterdir()) == [".leccr.lock", CODES_FILE, EMBEDDINGS_FILE, "index.json", "items"]
+    assert (target / CODES_FILE).read_bytes() == (tmp_path / "whole" / CODES_FILE).read_bytes()
     again = build_index(trained_run, synthetic_corpus, target, split="test", batch_size=4)
     assert (again.status, again.embedded) == ("up to date", 0)
 
@@ -324,6 +325,14 @@ def test_bad_index_folders_are_one_red_line(trained_run, synthetic_corpus, tmp_p
     (damaged / EMBEDDINGS_FILE).unlink()
     line = single_error_line(runner.invoke(app, ["search", str(damaged), "stern"]))
     assert "embeddings.safetensors is missing or damaged" in line and "leccr index" in line
+    shutil.copy(out / EMBEDDINGS_FILE, damaged / EMBEDDINGS_FILE)
+    with open(damaged / CODES_FILE, "r+b") as handle:
+        handle.truncate(handle.seek(0, 2) - 100)
+    line = single_error_line(runner.invoke(app, ["search", str(damaged), "stern"]))
+    assert "codes.safetensors is missing or damaged" in line and "leccr index" in line
+    (damaged / "index.json").write_text((out / "index.json").read_text().replace('"version": 2', '"version": 1'))
+    line = single_error_line(runner.invoke(app, ["search", str(damaged), "stern"]))
+    assert "version 1 is not supported (this leccr reads 2)" in line and "leccr index" in line
 
     # the run's model changes (trained on): the index is stale, and the rebuild command is given
     _, model = load_run(run)
@@ -370,9 +379,9 @@ def test_top_k_in_blocks_and_workers_equals_a_full_sort(test_index, monkeypatch)
     full = searcher.model.score(queries, ImageEmbeddings(gallery, index.slot_embeds.float()), fusion=0.7)
     expected = [sorted(range(len(index)), key=lambda r: (-row[r].item(), r))[:6] for row in full]
     monkeypatch.setattr(search, "ROWS_PER_TASK", 4)
-    monkeypatch.setattr(search, "CONVERT_ROWS", 3)
+    monkeypatch.setattr(search, "EXACT_ROWS", 3)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # two workers taking tasks of 4 rows (0-3, 4-7, 8-11, 12-14), converted 3 rows at a time
+    torch.set_num_threads(2)  # two workers taking tasks of 4 rows (0-3, 4-7, 8-11, 12-14), candidates scored 3 rows at a time
     try:
         scores, rows = search.top_k(searcher.model, queries, index, 6, fusion=0.7, memory_budget_mb=1e-5)
     finally:

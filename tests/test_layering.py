@@ -23,7 +23,7 @@ LAYERS = [
         "pipeline, runs, jobs",
         ("leccr_cli.pipeline", "leccr_cli.runs", "leccr_cli.checkpoints", "leccr_cli.captioning", "leccr_cli.translation"),
     ),
-    ("model, data, metrics", ("leccr_cli.model", "leccr_cli.data", "leccr_cli.metrics")),
+    ("model, data, metrics", ("leccr_cli.model", "leccr_cli.data", "leccr_cli.metrics", "leccr_cli.prefilter")),
     (
         "base",
         ("leccr_cli.config", "leccr_cli.fs", "leccr_cli.devices", "leccr_cli.languages", "leccr_cli.console", "leccr_cli.errors"),

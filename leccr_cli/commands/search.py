@@ -21,11 +21,11 @@ def search_command(
     device: str = typer.Option(
         "cpu", "--device", help="Where queries are embedded: cpu, cuda or cuda:N (scoring runs on the CPU over the memory-mapped index)."
     ),
-    memory_budget: int = typer.Option(256, "--memory-budget", min=16, metavar="MB", help="Memory for the scores of one block of rows (their top k is kept)."),
+    memory_budget: int = typer.Option(256, "--memory-budget", min=16, metavar="MB", help="Memory for the first-pass scores of one block of rows."),
 ) -> None:
     """The exact top-k images of an index for a query, in any language the model was trained for.
 
-    Loads the run's text encoder and tokenizer only, and memory-maps the embeddings. Prints a table (rank, score, image id, path), or JSON with --json. --queries FILE answers many queries at once, one JSON object per line on stdout (line, query, results). An index whose model changed since it was built is refused with the command that rebuilds it.
+    Loads the run's text encoder and tokenizer only, and memory-maps the index. Exact in two passes: every row's int8 codes, then float32 scores for the rows that can still be among the best k. Prints a table (rank, score, image id, path), or JSON with --json. --queries FILE answers many queries at once, one JSON object per line on stdout (line, query, results). An index whose model changed since it was built is refused with the command that rebuilds it.
     """
     import json
 

@@ -294,12 +294,13 @@ def _closest_cache(corpus, split: str, wanted: SlotIdentity) -> str:
 class StreamingSafetensors:
     """A safetensors file whose tensor bytes are written piece by piece at known offsets.
 
-    The format: an 8-byte little-endian header size, a JSON header (padded with spaces to a
-    multiple of 8) giving each tensor's dtype, shape and byte range, then the raw bytes.
-    The data area is allocated (zero-filled) up front, so unwritten bytes read as zeros.
+    The format: an 8-byte little-endian header size, a JSON header (padded with spaces so the
+    data starts at a multiple of `align` bytes, 8 at least) giving each tensor's dtype, shape
+    and byte range, then the raw bytes in the order given. The data area is allocated
+    (zero-filled) up front, so unwritten bytes read as zeros.
     """
 
-    def __init__(self, path: Path, tensors: dict[str, tuple[str, list[int], int]], metadata: dict[str, str]):
+    def __init__(self, path: Path, tensors: dict[str, tuple[str, list[int], int]], metadata: dict[str, str], align: int = 8):
         header: dict = {"__metadata__": metadata}
         self.offsets: dict[str, int] = {}
         position = 0
@@ -311,7 +312,7 @@ class StreamingSafetensors:
             self.offsets[name] = position
             position += size
         raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-        raw += b" " * (-len(raw) % 8)
+        raw += b" " * (-(8 + len(raw)) % align)
         self.handle = open(path, "wb")
         self.handle.write(struct.pack("<Q", len(raw)) + raw)
         self.start = 8 + len(raw)

@@ -59,6 +59,18 @@ def uses_descriptions(config: ModelConfig) -> bool:
     )
 
 
+def best_slot_scores(per_slot: torch.Tensor, slot_mask: torch.Tensor | None) -> torch.Tensor:
+    """[T, I] the best slot of each image from [T, I, K] per-slot similarities (padded slots, mask False, never win)."""
+    if slot_mask is not None:
+        per_slot = per_slot.masked_fill(~slot_mask[None], float("-inf"))
+    return per_slot.max(dim=2).values
+
+
+def fuse_scores(global_scores: torch.Tensor, slot_scores: torch.Tensor, fusion: float) -> torch.Tensor:
+    """α·global + (1 − α)·slot similarities (`LeccrModel.score` with `fusion` α)."""
+    return fusion * global_scores + (1 - fusion) * slot_scores.to(global_scores.dtype)
+
+
 def uses_slot_embeddings(config: ModelConfig) -> bool:
     """Whether the slot embeddings m̂ (multi-level matching, English guidance, --fusion) exist."""
     return config.variant == "leccr" and (config.multi_level_matching or config.english_guidance)
@@ -387,10 +399,8 @@ class LeccrModel(nn.Module):
                 "--fusion needs slot embeddings; this model has none "
                 "(baseline, or multi_level_matching and english_guidance both off)"
             )
-        slot_scores = torch.einsum("ikd,td->tik", images.slot_embeds, text_embeds.to(images.slot_embeds.dtype))
-        if images.slot_mask is not None:
-            slot_scores = slot_scores.masked_fill(~images.slot_mask[None], float("-inf"))
-        return slot_scores.max(dim=2).values
+        per_slot = torch.einsum("ikd,td->tik", images.slot_embeds, text_embeds.to(images.slot_embeds.dtype))
+        return best_slot_scores(per_slot, images.slot_mask)
 
     def score(self, text_embeds: torch.Tensor, images: ImageEmbeddings, fusion: float | None = None) -> torch.Tensor:
         """[T, I] similarities: h_t·h_v, or with `fusion` α: α·h_t·h_v + (1 − α)·max_k m̂_k·h_t.
@@ -400,7 +410,7 @@ class LeccrModel(nn.Module):
         scores = text_embeds @ images.global_embeds.T
         if fusion is None:
             return scores
-        return fusion * scores + (1 - fusion) * self.slot_scores(text_embeds, images).to(scores.dtype)
+        return fuse_scores(scores, self.slot_scores(text_embeds, images), fusion)
 
     def forward(self, batch: dict[str, torch.Tensor], loss_config: LossConfig) -> LeccrOutput:
         """The training loss of one batch (see the README section "The model" for the formula).
