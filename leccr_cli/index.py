@@ -162,16 +162,18 @@ class IndexInfo:
             raise IndexFolderError(f"index {folder}: {INDEX_FILE} is unreadable ({error})", _REBUILD_ANY) from None
         if not isinstance(raw, dict) or raw.get("format") != INDEX_FORMAT:
             raise IndexFolderError(f"index {folder}: {INDEX_FILE} is not a leccr index", _REBUILD_ANY)
-        if raw.get("version") != INDEX_VERSION:
-            raise IndexFolderError(
-                f"index {folder}: version {raw.get('version')} is not supported (this leccr reads {INDEX_VERSION})", _REBUILD_ANY
-            )
         try:
             fields = {key: raw[key] for key in cls.__dataclass_fields__}
             fields["model"] = ModelIdentity(**fields["model"])
+            info = cls(**fields)
         except (KeyError, TypeError) as error:
-            raise IndexFolderError(f"index {folder}: {INDEX_FILE} lacks {error}", _REBUILD_ANY) from None
-        return cls(**fields)
+            info, lacking = None, error
+        if raw.get("version") != INDEX_VERSION:
+            rebuild = _REBUILD_ANY if info is None else f"rebuild it with `{info.rebuild_command(folder)}`"
+            raise IndexFolderError(f"index {folder}: version {raw.get('version')} is not supported (this leccr reads {INDEX_VERSION})", rebuild)
+        if info is None:
+            raise IndexFolderError(f"index {folder}: {INDEX_FILE} lacks {lacking}", _REBUILD_ANY)
+        return info
 
     def rebuild_command(self, folder: Path) -> str:
         descriptions = f" --descriptions {self.descriptions}" if self.descriptions else ""

@@ -332,7 +332,8 @@ def test_bad_index_folders_are_one_red_line(trained_run, synthetic_corpus, tmp_p
     assert "codes.safetensors is missing or damaged" in line and "leccr index" in line
     (damaged / "index.json").write_text((out / "index.json").read_text().replace('"version": 2', '"version": 1'))
     line = single_error_line(runner.invoke(app, ["search", str(damaged), "stern"]))
-    assert "version 1 is not supported (this leccr reads 2)" in line and "leccr index" in line
+    assert "version 1 is not supported (this leccr reads 2)" in line
+    assert f"leccr index {run.resolve()} {synthetic_corpus.resolve()} --split test --descriptions synthetic --out {damaged} --overwrite" in line
 
     # the run's model changes (trained on): the index is stale, and the rebuild command is given
     _, model = load_run(run)
