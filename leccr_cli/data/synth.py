@@ -523,6 +523,72 @@ def split_sizes(images: int) -> dict[str, int]:
     return {"train": images - 2 * held_out, "val": held_out, "test": held_out}
 
 
+@dataclass
+class SplitContents:
+    """The rows, items (scene or video by id), captions, descriptions and R@1 ceilings of a synthetic corpus."""
+
+    rows: list[ImageRow] = field(default_factory=list)
+    items: dict = field(default_factory=dict)
+    captions: list[Caption] = field(default_factory=list)
+    descriptions: list[dict] = field(default_factory=list)
+    ceiling: dict[str, float] = field(default_factory=dict)
+
+
+def assemble_splits(
+    sizes: dict[str, int],
+    rng: random.Random,
+    *,
+    prefix: str,
+    media_path,
+    random_item,
+    held_out,
+    describe,
+    random_mentions,
+    render,
+    langs,
+    captions_per_item: int,
+    mt_noise: float,
+) -> SplitContents:
+    """Draw every split's items and write their captions and descriptions (the images and videos alike).
+
+    Train items get `captions_per_item` English captions, each machine-translated (noisy) into
+    every language; held-out items get their distinctive caption in English and every language,
+    each translated back to English. `rng` is drawn from in one fixed order, so a seed gives one corpus.
+    """
+    out = SplitContents()
+    number = 0
+    for split, count in sizes.items():
+        if split == "train":
+            split_items = [random_item(rng) for _ in range(count)]
+        else:
+            split_items, split_captions, singled = held_out(count, rng)
+            out.ceiling[split] = 100.0 * sum(singled) / count
+        for index, item in enumerate(split_items):
+            number += 1
+            item_id = f"{prefix}{number:05d}"
+            out.items[item_id] = item
+            out.rows.append(ImageRow(item_id, split, media_path(item_id)))
+            out.descriptions.append({"image_id": item_id, "text": describe(item), "model": "leccr-synth", "prompt": "scene graph"})
+            captions = out.captions
+            if split == "train":
+                for n in range(captions_per_item):
+                    mentions = random_mentions(item, rng)
+                    en_id = f"{item_id}#en#{n}"
+                    captions.append(Caption(en_id, item_id, split, "en", "human", render("en", mentions, rng)))
+                    for lang in langs:
+                        text = render(lang, mentions, rng, draw_mt_noise(rng, mt_noise))
+                        captions.append(Caption(f"{item_id}#en2{lang}#{n}", item_id, split, lang, "mt", text, en_id, "synthetic-mt"))
+                continue
+            mentions = split_captions[index]
+            captions.append(Caption(f"{item_id}#en#0", item_id, split, "en", "human", render("en", mentions, rng)))
+            for lang in langs:
+                cap_id = f"{item_id}#{lang}#0"
+                captions.append(Caption(cap_id, item_id, split, lang, "human", render(lang, mentions, rng)))
+                back = render("en", mentions, rng, draw_mt_noise(rng, mt_noise))
+                captions.append(Caption(f"{item_id}#{lang}2en#0", item_id, split, "en", "mt", back, cap_id, "synthetic-mt"))
+    return out
+
+
 def build_synthetic(
     out: str | Path,
     images: int = 2000,
@@ -537,60 +603,27 @@ def build_synthetic(
     check_request(langs, images, "--images")
     rng = random.Random(seed)
     sizes = split_sizes(images)
-    rows: list[ImageRow] = []
-    scenes: dict[str, tuple[Shape, ...]] = {}
-    captions: list[Caption] = []
-    descriptions = []
-    ceiling = {}
-    number = 0
-    for split, count in sizes.items():
-        if split == "train":
-            split_scenes = [random_scene(rng) for _ in range(count)]
-        else:
-            split_scenes, split_captions, singled = held_out_scenes(count, rng)
-            ceiling[split] = 100.0 * sum(singled) / count
-        for index, scene in enumerate(split_scenes):
-            number += 1
-            image_id = f"img{number:05d}"
-            scenes[image_id] = scene
-            rows.append(ImageRow(image_id, split, f"images/{image_id}.png"))
-            descriptions.append(
-                {"image_id": image_id, "text": describe_scene(scene), "model": "leccr-synth", "prompt": "scene graph"}
-            )
-            if split == "train":
-                for n in range(captions_per_image):
-                    mentions = _random_mentions(scene, rng)
-                    en_id = f"{image_id}#en#{n}"
-                    captions.append(Caption(en_id, image_id, split, "en", "human", render_caption("en", mentions, rng)))
-                    for lang in langs:
-                        text = render_caption(lang, mentions, rng, draw_mt_noise(rng, mt_noise))
-                        captions.append(
-                            Caption(f"{image_id}#en2{lang}#{n}", image_id, split, lang, "mt", text, en_id, "synthetic-mt")
-                        )
-                continue
-            mentions = split_captions[index]
-            captions.append(Caption(f"{image_id}#en#0", image_id, split, "en", "human", render_caption("en", mentions, rng)))
-            for lang in langs:
-                cap_id = f"{image_id}#{lang}#0"
-                captions.append(Caption(cap_id, image_id, split, lang, "human", render_caption(lang, mentions, rng)))
-                back = render_caption("en", mentions, rng, draw_mt_noise(rng, mt_noise))
-                captions.append(Caption(f"{image_id}#{lang}2en#0", image_id, split, "en", "mt", back, cap_id, "synthetic-mt"))
+    contents = assemble_splits(
+        sizes, rng, prefix="img", media_path=lambda image_id: f"images/{image_id}.png", random_item=random_scene,
+        held_out=held_out_scenes, describe=describe_scene, random_mentions=_random_mentions, render=render_caption,
+        langs=langs, captions_per_item=captions_per_image, mt_noise=mt_noise,
+    )  # fmt: skip
 
     def render_images(folder: Path) -> None:
         (folder / "images").mkdir()
         draw_rng = random.Random(seed + 1)
-        for row in rows:
-            draw_scene(scenes[row.image_id], image_size, draw_rng).save(folder / row.path, optimize=False)
+        for row in contents.rows:
+            draw_scene(contents.items[row.image_id], image_size, draw_rng).save(folder / row.path, optimize=False)
 
     corpus = write_corpus(
         out,
         name="synthetic",
         modality="image",
         media_root=".",
-        images=rows,
-        captions=captions,
-        descriptions={DESCRIPTION_SOURCE: descriptions},
+        images=contents.rows,
+        captions=contents.captions,
+        descriptions={DESCRIPTION_SOURCE: contents.descriptions},
         overwrite=overwrite,
         fill=render_images,
     )
-    return SynthReport(corpus.path, sizes, len(captions), corpus.languages, ceiling)
+    return SynthReport(corpus.path, sizes, len(contents.captions), corpus.languages, contents.ceiling)

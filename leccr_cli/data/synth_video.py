@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leccr_cli.data.corpus import Caption, ImageRow, write_corpus
+from leccr_cli.data.corpus import write_corpus
 from leccr_cli.data.synth import (
     CELL_PHRASES,
     COLORS,
@@ -49,8 +49,8 @@ from leccr_cli.data.synth import (
     MtNoise,
     Shape,
     SynthReport,
+    assemble_splits,
     check_request,
-    draw_mt_noise,
     english_phrase,
     grow_held_out,
     split_sizes,
@@ -427,44 +427,11 @@ def build_synthetic_video(
         raise CorpusError(f"--noise {noise}: the noise norm must be 0 or more", "0 means no noise; the default is 2.0")
     rng = random.Random(seed)
     sizes = split_sizes(videos)
-    rows: list[ImageRow] = []
-    contents: dict[str, tuple[Track, ...]] = {}
-    captions: list[Caption] = []
-    descriptions = []
-    ceiling = {}
-    number = 0
-    for split, count in sizes.items():
-        if split == "train":
-            split_videos = [random_video(rng) for _ in range(count)]
-        else:
-            split_videos, split_captions, singled = held_out_videos(count, rng)
-            ceiling[split] = 100.0 * sum(singled) / count
-        for index, video in enumerate(split_videos):
-            number += 1
-            video_id = f"vid{number:05d}"
-            contents[video_id] = video
-            rows.append(ImageRow(video_id, split, video_id))
-            descriptions.append(
-                {"image_id": video_id, "text": describe_video(video), "model": "leccr-synth", "prompt": "scene graph"}
-            )
-            if split == "train":
-                for n in range(captions_per_video):
-                    mentions = _random_video_mentions(video, rng)
-                    en_id = f"{video_id}#en#{n}"
-                    captions.append(Caption(en_id, video_id, split, "en", "human", render_video_caption("en", mentions, rng)))
-                    for lang in langs:
-                        text = render_video_caption(lang, mentions, rng, draw_mt_noise(rng, mt_noise))
-                        captions.append(
-                            Caption(f"{video_id}#en2{lang}#{n}", video_id, split, lang, "mt", text, en_id, "synthetic-mt")
-                        )
-                continue
-            mentions = split_captions[index]
-            captions.append(Caption(f"{video_id}#en#0", video_id, split, "en", "human", render_video_caption("en", mentions, rng)))
-            for lang in langs:
-                cap_id = f"{video_id}#{lang}#0"
-                captions.append(Caption(cap_id, video_id, split, lang, "human", render_video_caption(lang, mentions, rng)))
-                back = render_video_caption("en", mentions, rng, draw_mt_noise(rng, mt_noise))
-                captions.append(Caption(f"{video_id}#{lang}2en#0", video_id, split, "en", "mt", back, cap_id, "synthetic-mt"))
+    contents = assemble_splits(
+        sizes, rng, prefix="vid", media_path=lambda video_id: video_id, random_item=random_video,
+        held_out=held_out_videos, describe=describe_video, random_mentions=_random_video_mentions,
+        render=render_video_caption, langs=langs, captions_per_item=captions_per_video, mt_noise=mt_noise,
+    )  # fmt: skip
 
     def write_features(folder: Path) -> None:
         import torch
@@ -475,24 +442,24 @@ def build_synthetic_video(
         encoder = FrameEncoder(frame_dim, generator)
         timing = random.Random(seed + 1)
         tensors = []
-        for row in rows:
-            video = contents[row.image_id]
+        for row in contents.rows:
+            video = contents.items[row.image_id]
             length = timing.randint(max(2, (frames + 1) // 2), frames)
             switches = [timing.randint(1, length - 1) for _ in video]
             clean = encoder.frames(video, length, switches)
             noisy = clean + noise / math.sqrt(frame_dim) * generator.standard_normal(clean.shape)
             tensors.append(torch.from_numpy(noisy.astype(np.float32)))
-        write_frame_features(folder / "video" / f"{FEATURE_SET}.safetensors", [row.image_id for row in rows], tensors)
+        write_frame_features(folder / "video" / f"{FEATURE_SET}.safetensors", [row.image_id for row in contents.rows], tensors)
 
     corpus = write_corpus(
         out,
         name="synthetic-video",
         modality="video",
         media_root=".",
-        images=rows,
-        captions=captions,
-        descriptions={DESCRIPTION_SOURCE: descriptions},
+        images=contents.rows,
+        captions=contents.captions,
+        descriptions={DESCRIPTION_SOURCE: contents.descriptions},
         overwrite=overwrite,
         fill=write_features,
     )
-    return SynthReport(corpus.path, sizes, len(captions), corpus.languages, ceiling)
+    return SynthReport(corpus.path, sizes, len(contents.captions), corpus.languages, contents.ceiling)
