@@ -38,6 +38,21 @@ def single_error_line(result) -> str:
     return lines[0]
 
 
+def writer_lock_holder(folder: str | Path, command: list[str]):
+    """A process that holds `folder`'s writer lock as `leccr COMMAND...` would, until killed.
+
+    It prints "locked" once it holds the lock; read that line from its stdout before relying on it.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        f"import sys, time\nsys.argv = ['leccr', *{list(command)!r}]\n"
+        f"from leccr_cli.fs import writer_lock\nwith writer_lock({str(folder)!r}):\n print('locked', flush=True)\n time.sleep(60)"
+    )
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+
+
 def build_tiny_clip_vision(folder: Path, image_size: int = 32, patch_size: int = 8) -> Path:
     """A 2-layer CLIP vision tower with a visual projection (CLIPVisionModelWithProjection)."""
     import torch

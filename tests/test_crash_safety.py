@@ -19,6 +19,7 @@ from leccr_cli.cli import app
 from leccr_cli.data.corpus import Caption, Corpus, ImageRow, write_corpus
 from leccr_cli.errors import LeccrError
 from leccr_cli.fs import LOCK_FILE, FolderBusy, clean_stale, journal_path, recover, replace_directory, writer_lock
+from leccr_cli.testing import writer_lock_holder
 
 runner = CliRunner()
 IMAGES = [ImageRow(f"i{n}", "train", f"i{n}.png") for n in range(4)]
@@ -197,12 +198,7 @@ def test_recover_rolls_a_dead_writers_replacement_forward(tmp_path):
 
 def test_the_writer_lock_names_the_holder_and_cleans_stale_temporaries(tmp_path):
     folder = tmp_path / "corpus"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time\nsys.argv = ['leccr', 'translate', 'x', '--to', 'de']\n"
-         f"from leccr_cli.fs import writer_lock\nwith writer_lock({str(folder)!r}):\n print('locked', flush=True)\n"
-         " time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = writer_lock_holder(folder, ["translate", "x", "--to", "de"])
     try:
         assert holder.stdout.readline().strip() == "locked"
         # what the holder is writing (or what it would leave if it were killed)
@@ -241,12 +237,7 @@ def test_clean_stale_keeps_a_live_journal_target(tmp_path):
 
 def test_a_second_writer_of_a_corpus_is_refused_and_readers_go_on(base, tmp_path):
     folder = shutil.copytree(base, tmp_path / "corpus")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfolder = sys.argv[1]; sys.argv = ['leccr', 'caption', folder]\n"
-         "from leccr_cli.fs import writer_lock\nwith writer_lock(folder):\n print('locked', flush=True)\n"
-         " time.sleep(60)", str(folder)],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = writer_lock_holder(folder, ["caption", str(folder)])
     try:
         assert holder.stdout.readline().strip() == "locked"
         (tmp_path / "d.tsv").write_text("i0\tsomething\n")

@@ -11,7 +11,7 @@ from leccr_cli.data.corpus import Corpus
 from leccr_cli.data.descriptions import import_descriptions
 from leccr_cli.data.image_folder import find_images, image_ids, import_images
 from leccr_cli.errors import CorpusError
-from leccr_cli.testing import single_error_line
+from leccr_cli.testing import single_error_line, writer_lock_holder
 
 runner = CliRunner()
 
@@ -79,17 +79,9 @@ def test_a_rerun_adds_new_images_and_keeps_descriptions(photos, tmp_path):
 
 
 def test_a_rerun_holds_the_corpus_writer_lock(photos, tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "corpus"
     import_images(photos, out)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfolder = sys.argv[1]; sys.argv = ['leccr', 'caption', folder]\n"
-         "from leccr_cli.fs import writer_lock\nwith writer_lock(folder):\n print('locked', flush=True)\n"
-         " time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = writer_lock_holder(out, ["caption", str(out)])
     try:
         assert holder.stdout.readline().strip() == "locked"
         _image(photos / "zebra.png", "white")

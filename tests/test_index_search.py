@@ -5,8 +5,6 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,7 +23,7 @@ from leccr_cli.model.factory import load_query_model
 from leccr_cli.pipeline import build_model_for, resolve_paths
 from leccr_cli.runs import create_run_dir, load_run
 from leccr_cli.search import Searcher
-from leccr_cli.testing import single_error_line, tiny_recipe
+from leccr_cli.testing import single_error_line, tiny_recipe, writer_lock_holder
 
 runner = CliRunner()
 
@@ -157,12 +155,7 @@ def test_an_interrupted_index_resumes_to_the_same_tensors(trained_run, synthetic
 
 def test_a_second_index_writer_is_refused_and_search_goes_on(test_index, tmp_path):
     out = shutil.copytree(test_index, tmp_path / "index")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfolder = sys.argv[1]; sys.argv = ['leccr', 'index', 'RUN', 'CORPUS', '--out', folder]\n"
-         "from leccr_cli.fs import writer_lock\nwith writer_lock(folder):\n print('locked', flush=True)\n"
-         " time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = writer_lock_holder(out, ["index", "RUN", "CORPUS", "--out", str(out)])
     try:
         assert holder.stdout.readline().strip() == "locked"
         info = Index.open(out).info
