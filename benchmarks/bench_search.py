@@ -10,9 +10,9 @@ on `--threads` threads. Memory: the process's private (anonymous) memory before 
 searches and the pages of each index file the searches touched (`/proc/self/status`,
 `/proc/self/smaps`): the first pass reads every code, the second only the candidates' rows.
 
-Side by side, for 24 queries: the two-pass scan against the float32 reference (every row
-converted and scored by `model.score`, the best 10 kept, as `leccr search` did before its
-int8 first pass; both must return the same rows) and
+Side by side, for 24 queries: the two-pass scan against the float32 reference (`top_k(...,
+every_row=True)`: every row converted and scored by `model.score`, the best 10 kept, as
+`leccr search` did before its int8 first pass; both must return the same rows) and
 their ratio, and the floors the machine allows: reading every code once, and every
 embedding once (an integer sum over the memory-mapped bytes, no scoring).
 
@@ -122,35 +122,6 @@ def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: i
     return folder
 
 
-def float32_scan(model, query_embeds, index, k: int):
-    """The reference: every row scored by `model.score` in float32, the best k kept.
-
-    As `leccr search` scanned before its int8 first pass: rows converted to float32 1,024 at a
-    time (a buffer that stays in the CPU cache), tasks of 65,536 rows taken by single-threaded workers.
-    """
-    import torch
-
-    from leccr_cli.model.leccr import ImageEmbeddings
-    from leccr_cli.search import _scan_pool
-
-    def task(start: int):
-        stop = min(start + (1 << 16), len(index))
-        buffer = torch.empty(1024, index.global_embeds.shape[1])
-        scores = torch.empty(len(query_embeds), stop - start)
-        with torch.inference_mode():
-            for first in range(start, stop, 1024):
-                rows = buffer[: min(1024, stop - first)].copy_(index.global_embeds[first : first + 1024])
-                scores[:, first - start : first - start + len(rows)] = model.score(query_embeds, ImageEmbeddings(rows))
-            values, rows = scores.topk(min(k, stop - start), dim=1)
-        return values, rows + start
-
-    workers = max(1, min(torch.get_num_threads(), -(-len(index) // (1 << 16))))
-    parts = list(_scan_pool(workers).map(task, range(0, len(index), 1 << 16)))
-    scores, rows = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
-    values, chosen = scores.topk(k, dim=1)
-    return values, rows.gather(1, chosen)
-
-
 def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
     import torch
 
@@ -185,10 +156,10 @@ def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
     for text in QUERIES * 3:
         embeds = searcher.embed([text])
         started = time.perf_counter()
-        expected = float32_scan(searcher.model, embeds, searcher.index, 10)
+        expected = top_k(searcher.model, embeds, searcher.index, 10, every_row=True)
         reference.append(time.perf_counter() - started)
         started = time.perf_counter()
-        found = top_k(searcher.model, embeds, searcher.index, 10)
+        found = top_k(searcher.model, embeds, searcher.index, 10, every_row=False)
         fast.append(time.perf_counter() - started)
         assert torch.equal(found[1], expected[1]), (text, found, expected)
         started = time.perf_counter()

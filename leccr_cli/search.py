@@ -210,13 +210,15 @@ def top_k(
     *,
     fusion: float | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    every_row: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [Q, k], rows [Q, k]) of the best k rows of `index` for every query, best first.
 
     Exact: the result is the best k by `model.score` in float32. Up to `TWO_PASS_QUERIES`
     queries, an int8 first pass decides which rows need that score (see `_scan`); more
     queries at once score every row in float32 (`_scan_every_row`: one matrix product
-    serves them all, which beats the int8 kernel's one-query-at-a-time sums). Rows are
+    serves them all, which beats the int8 kernel's one-query-at-a-time sums); `every_row`
+    True or False chooses that scan or the two passes whatever the number of queries. Rows are
     scanned in blocks whose scores fit `memory_budget_mb`; tasks of `ROWS_PER_TASK` rows go
     to as many single-threaded workers as torch has threads (`_scan_pool`), each taking the
     next task when it is done. Equal scores keep the gallery order.
@@ -226,7 +228,7 @@ def top_k(
     queries = query_embeds.float().cpu()
     ranges = [(start, min(start + ROWS_PER_TASK, count)) for start in range(0, count, ROWS_PER_TASK)]
     workers = max(1, min(torch.get_num_threads(), len(ranges)))
-    if len(queries) > TWO_PASS_QUERIES:
+    if every_row or (every_row is None and len(queries) > TWO_PASS_QUERIES):
         block = _block_rows(len(queries), ROWS_PER_TASK, memory_budget_mb / workers, 4)
         scan = lambda r: _scan_every_row(model, queries, index, k, fusion, r[0], r[1], block)  # noqa: E731
         return _merged(_scan_pool(workers).map(scan, ranges), len(queries), k)
