@@ -115,17 +115,12 @@ class VideoMention:
     target: str | None = None
 
     def fits(self, track: Track) -> bool:
-        return (
-            self.shape == track.shape
-            and (self.color is None or self.color == track.color)
-            and (self.size is None or self.size == track.size)
-            and (self.place is None or self.place in track.places)
-            and (self.event is None or (self.event, self.target) == (track.event, track.target))
-        )
+        still = self.noun_phrase.fits(track)  # a track has a shape's attributes and the places true all along
+        return still and (self.event is None or (self.event, self.target) == (track.event, track.target))
 
     @property
     def weight(self) -> int:
-        return 1 + sum(v is not None for v in (self.color, self.size, self.place, self.event))
+        return self.noun_phrase.weight + (self.event is not None)
 
     @property
     def noun_phrase(self) -> Mention:
