@@ -35,9 +35,9 @@ def main() -> None:
 
     import torch
 
-    from leccr_cli.captioning import caption_corpus, open_describer
-    from leccr_cli.data.corpus import Corpus
-    from leccr_cli.data.synth import build_synthetic
+    from leccr_cli.prep.describe import caption_corpus, open_describer
+    from leccr_cli.corpus.corpus import Corpus
+    from leccr_cli.corpus.synthetic.image import build_synthetic
     from leccr_cli.testing import build_tiny_llava
 
     torch.set_num_threads(args.threads)

@@ -29,8 +29,8 @@ VARIANTS = {"leccr": "LECCR (slots + interaction + all losses)", "baseline": "ba
 
 def synthetic_texts(folder: Path) -> tuple[list[str], list[str], list[str]]:
     """English captions, German machine translations and descriptions of a small synthetic corpus."""
-    from leccr_cli.data.corpus import Corpus
-    from leccr_cli.data.synth import build_synthetic
+    from leccr_cli.corpus.corpus import Corpus
+    from leccr_cli.corpus.synthetic.image import build_synthetic
 
     build_synthetic(folder, images=40, langs=["de"], seed=0, image_size=32)
     corpus = Corpus.open(folder)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from leccr_cli.metrics import Ranks, metrics_from_ranks, recall_metrics, retrieval_ranks
+from leccr_cli.retrieval.metrics import Ranks, metrics_from_ranks, recall_metrics, retrieval_ranks
 
 GRID = 2.0**-16
 

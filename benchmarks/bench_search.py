@@ -78,9 +78,9 @@ def mapped_kib(path: Path) -> int:
 def make_run(folder: Path, corpus: Path, dim: int, text: str) -> Path:
     """A run folder (recipe + model/) of the demo's configuration with a `dim`-d joint space (random weights)."""
     from leccr_cli.config import recipe_from_dict
-    from leccr_cli.data.corpus import Corpus
-    from leccr_cli.pipeline import build_model_for, resolve_paths
-    from leccr_cli.runs import create_run_dir
+    from leccr_cli.corpus.corpus import Corpus
+    from leccr_cli.training.pipeline import build_model_for, resolve_paths
+    from leccr_cli.runs.layout import create_run_dir
     from leccr_cli.testing import tiny_recipe
 
     raw = tiny_recipe(corpus)
@@ -102,8 +102,8 @@ def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: i
     import torch
     from datasets import Dataset, Features, Value
 
-    from leccr_cli.data.slot_cache import StreamingSafetensors, tensor_bytes
-    from leccr_cli.index import CODES_FILE, EMBEDDINGS_FILE, INDEX_FILE, ITEM_COLUMNS, ITEMS_DIR, IndexInfo, ModelIdentity, write_codes
+    from leccr_cli.prep.features.cache import StreamingSafetensors, tensor_bytes
+    from leccr_cli.retrieval.index.builder import CODES_FILE, EMBEDDINGS_FILE, INDEX_FILE, ITEM_COLUMNS, ITEMS_DIR, IndexInfo, ModelIdentity, write_codes
 
     folder.mkdir(parents=True)
     generator = torch.Generator().manual_seed(seed)
@@ -125,8 +125,8 @@ def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: i
 def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
     import torch
 
-    from leccr_cli.index import CODES_FILE, EMBEDDINGS_FILE
-    from leccr_cli.search import Searcher, top_k
+    from leccr_cli.retrieval.index.builder import CODES_FILE, EMBEDDINGS_FILE
+    from leccr_cli.retrieval.search import Searcher, top_k
 
     started = time.perf_counter()
     searcher = Searcher.open(index)
@@ -188,10 +188,10 @@ def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
 
 
 def bench_build(run: Path, corpus: Path, split: str, workdir: Path, rounds: int) -> dict:
-    from leccr_cli.data.corpus import Corpus
-    from leccr_cli.evaluate import encode_gallery
-    from leccr_cli.index import build_index
-    from leccr_cli.runs import load_run
+    from leccr_cli.corpus.corpus import Corpus
+    from leccr_cli.retrieval.evaluate import encode_gallery
+    from leccr_cli.retrieval.index.builder import build_index
+    from leccr_cli.runs.layout import load_run
 
     count = len(Corpus.open(corpus).image_ids(split))
 
@@ -235,7 +235,7 @@ def main() -> None:
 
     import torch
 
-    from leccr_cli.data.synth import build_synthetic
+    from leccr_cli.corpus.synthetic.image import build_synthetic
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))

@@ -40,8 +40,8 @@ def lengthen(text: str, words: int) -> str:
 
 def make_corpus(folder: Path, images: int) -> Path:
     """A synthetic corpus whose captions run to ~30 words and descriptions to ~200."""
-    from leccr_cli.data.corpus import Caption, Corpus, write_corpus
-    from leccr_cli.data.synth import build_synthetic
+    from leccr_cli.corpus.corpus import Caption, Corpus, write_corpus
+    from leccr_cli.corpus.synthetic.image import build_synthetic
 
     source = build_synthetic(folder / "source", images=images, langs=["de"], seed=0, image_size=64).path
     corpus = Corpus.open(source)
@@ -111,11 +111,11 @@ def main() -> None:
     from torch.utils.data import DataLoader
 
     from leccr_cli.config import load_recipe
-    from leccr_cli.data.corpus import Corpus
-    from leccr_cli.data.loading import TrainingSet, check_descriptions
-    from leccr_cli.data.slot_cache import SlotCache
-    from leccr_cli.pipeline import build_model_for, build_optimizer, training_data
-    from leccr_cli.slots import build_slots
+    from leccr_cli.corpus.corpus import Corpus
+    from leccr_cli.data.datasets import TrainingSet, check_descriptions
+    from leccr_cli.prep.features.cache import SlotCache
+    from leccr_cli.training.pipeline import build_model_for, build_optimizer, training_data
+    from leccr_cli.prep.features.build import build_slots
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from leccr_cli.data.synth import Mention, Shape, build_synthetic, consistent, held_out_scenes, random_scene
+from leccr_cli.corpus.synthetic.image import Mention, Shape, build_synthetic, consistent, held_out_scenes, random_scene
 
 
 def _object_mentions(obj: Shape) -> list[Mention]:

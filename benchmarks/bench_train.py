@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py                 # throughput + peak memory, then the whole demo
     python benchmarks/bench_train.py --skip-demo     # throughput + peak memory only
 
-Throughput runs the real loop (`leccr_cli.train.train`) in a subprocess for `--steps` optimiser
+Throughput runs the real loop (`leccr_cli.training.trainer.train`) in a subprocess for `--steps` optimiser
 steps with validation only at the end, and reads samples/s off train_log.jsonl (the time
 between the first logged step after `--warmup` and the last, so start-up and evaluation are
 left out). Peak memory is the subprocess's peak resident set (CPU) or
@@ -41,7 +41,7 @@ def worker(args) -> None:
     import torch
 
     from leccr_cli.config import load_recipe
-    from leccr_cli.train import train
+    from leccr_cli.training.trainer import train
 
     recipe = load_recipe(REPO / "recipes" / "demo.yaml", _overrides(args, Path(args.corpus)))
     out = Path(args.out)

@@ -35,7 +35,7 @@ def main() -> None:
     from transformers.utils import logging as transformers_logging
 
     from leccr_cli.testing import build_tiny_marian
-    from leccr_cli.translation import TranslationOptions, TranslationStats, make_engine
+    from leccr_cli.prep.translate.engines import TranslationOptions, TranslationStats, make_engine
 
     transformers_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)

@@ -66,8 +66,8 @@ def worker(args) -> None:
     from torch.utils.data import DataLoader
 
     from leccr_cli.config import load_recipe
-    from leccr_cli.data.corpus import Corpus
-    from leccr_cli.pipeline import build_model_for, build_optimizer, training_data
+    from leccr_cli.corpus.corpus import Corpus
+    from leccr_cli.training.pipeline import build_model_for, build_optimizer, training_data
 
     overrides = [
         f"data.corpus={args.corpus}",
@@ -145,7 +145,7 @@ def main() -> None:
         worker(args)
         return
 
-    from leccr_cli.data.synth_video import build_synthetic_video
+    from leccr_cli.corpus.synthetic.video import build_synthetic_video
 
     with tempfile.TemporaryDirectory(prefix="bench-video-") as scratch:
         corpora = {}

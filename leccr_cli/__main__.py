@@ -1,3 +1,3 @@
-from leccr_cli.cli import main
+from leccr_cli.cli.main import main
 
 main()

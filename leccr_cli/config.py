@@ -21,8 +21,8 @@ from typing import Any, Literal
 import yaml
 
 from leccr_cli.errors import LeccrError, RecipeError
-from leccr_cli.fs import atomic_write_text
-from leccr_cli.languages import check_language
+from leccr_cli.utils.fs import atomic_write_text
+from leccr_cli.utils.languages import check_language
 
 
 def _limits(

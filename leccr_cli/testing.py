@@ -48,7 +48,7 @@ def writer_lock_holder(folder: str | Path, command: list[str]):
 
     script = (
         f"import sys, time\nsys.argv = ['leccr', *{list(command)!r}]\n"
-        f"from leccr_cli.fs import writer_lock\nwith writer_lock({str(folder)!r}):\n print('locked', flush=True)\n time.sleep(60)"
+        f"from leccr_cli.utils.fs import writer_lock\nwith writer_lock({str(folder)!r}):\n print('locked', flush=True)\n time.sleep(60)"
     )
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
 
@@ -248,7 +248,7 @@ def build_tiny_nllb(
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import NllbTokenizer
 
-    from leccr_cli.translation import NLLB_CODES
+    from leccr_cli.prep.translate.engines import NLLB_CODES
 
     codes = list(codes) if codes is not None else sorted(set(NLLB_CODES.values()))
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -66,7 +66,7 @@ def tiny_marian_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> Path:
     """A small synthetic corpus (120 images: 90 train, 15 val, 15 test; de, fr, cs). Read-only."""
-    from leccr_cli.data.synth import build_synthetic
+    from leccr_cli.corpus.synthetic.image import build_synthetic
 
     out = tmp_path_factory.mktemp("synthetic") / "corpus"
     build_synthetic(out, images=120, seed=3, image_size=32)
@@ -78,7 +78,7 @@ def trained_run(synthetic_corpus, tmp_path_factory) -> Path:
     """A run folder of `tiny_recipe` trained for 6 steps (validation every 3) on the synthetic corpus."""
     from leccr_cli.config import recipe_from_dict
     from leccr_cli.testing import tiny_recipe
-    from leccr_cli.train import train
+    from leccr_cli.training.trainer import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(recipe_from_dict(tiny_recipe(synthetic_corpus)), out)

@@ -13,20 +13,29 @@ PACKAGE = Path(__file__).resolve().parents[1] / "leccr_cli"
 
 # top first; a module belongs to the first layer with a prefix that matches its name
 LAYERS = [
-    ("cli", ("leccr_cli.cli", "leccr_cli.__main__", "leccr_cli.commands", "leccr_cli.testing")),
+    ("cli", ("leccr_cli.cli", "leccr_cli.__main__", "leccr_cli.testing")),
     ("app", ("leccr_cli.app",)),
-    ("train", ("leccr_cli.train",)),
-    ("index, search", ("leccr_cli.index", "leccr_cli.search")),
-    ("evaluate", ("leccr_cli.evaluate",)),
-    ("slots", ("leccr_cli.slots",)),
+    ("train", ("leccr_cli.training.trainer",)),
+    ("index, search", ("leccr_cli.retrieval.index", "leccr_cli.retrieval.search")),
+    ("evaluate", ("leccr_cli.retrieval.evaluate",)),
+    ("slots", ("leccr_cli.prep.features.build",)),
     (
         "pipeline, runs, jobs",
-        ("leccr_cli.pipeline", "leccr_cli.runs", "leccr_cli.checkpoints", "leccr_cli.captioning", "leccr_cli.translation"),
+        ("leccr_cli.training.pipeline", "leccr_cli.runs", "leccr_cli.prep.describe", "leccr_cli.prep.translate"),
     ),
-    ("model, data, metrics", ("leccr_cli.model", "leccr_cli.data", "leccr_cli.metrics", "leccr_cli.prefilter")),
+    (
+        "model, data, metrics",
+        (
+            "leccr_cli.model", "leccr_cli.data", "leccr_cli.corpus", "leccr_cli.prep.shards", "leccr_cli.prep.features.cache",
+            "leccr_cli.retrieval.metrics", "leccr_cli.retrieval.prefilter",
+        ),
+    ),
     (
         "base",
-        ("leccr_cli.config", "leccr_cli.fs", "leccr_cli.devices", "leccr_cli.languages", "leccr_cli.console", "leccr_cli.errors"),
+        (
+            "leccr_cli.config", "leccr_cli.utils", "leccr_cli.errors",
+            "leccr_cli.prep", "leccr_cli.prep.features", "leccr_cli.retrieval", "leccr_cli.training",
+        ),
     ),
 ]
 
@@ -113,6 +122,6 @@ def test_no_import_cycles():
 def test_the_checker_sees_function_local_imports(tmp_path):
     module = tmp_path / "leccr_cli" / "sample.py"
     module.parent.mkdir()
-    module.write_text("def f():\n    from leccr_cli.train import train\n    from . import errors\n", encoding="utf-8")
-    known = {"leccr_cli.sample": module, "leccr_cli.train": module, "leccr_cli.errors": module}
-    assert _imports("leccr_cli.sample", module, known) == {"leccr_cli.train", "leccr_cli.errors"}
+    module.write_text("def f():\n    from leccr_cli.training.trainer import train\n    from . import errors\n", encoding="utf-8")
+    known = {"leccr_cli.sample": module, "leccr_cli.training.trainer": module, "leccr_cli.errors": module}
+    assert _imports("leccr_cli.sample", module, known) == {"leccr_cli.training.trainer", "leccr_cli.errors"}

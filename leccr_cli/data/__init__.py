@@ -1,1 +1,1 @@
-"""Corpora: the on-disk layout, importers, the synthetic benchmark."""
+"""From a corpus to model batches: datasets, transforms, collation."""

@@ -28,7 +28,7 @@ from transformers.utils import cached_file
 
 from leccr_cli.config import ModelConfig, TextConfig, VisionConfig, model_config_from_dict
 from leccr_cli.errors import ModelError, RecipeError
-from leccr_cli.fs import recover
+from leccr_cli.utils.fs import recover
 from leccr_cli.model.layers import VideoEncoder
 from leccr_cli.model.leccr import (
     CLIP_MEAN,

@@ -21,7 +21,7 @@ from torch import nn
 
 from leccr_cli.config import LossConfig, ModelConfig
 from leccr_cli.errors import ModelError
-from leccr_cli.fs import atomic_directory
+from leccr_cli.utils.fs import atomic_directory
 from leccr_cli.model import losses
 from leccr_cli.model.layers import CrossAttention, masked_mean
 

@@ -1,0 +1,1 @@
+"""The Gradio app over a trained run (`leccr app`)."""

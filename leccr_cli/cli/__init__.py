@@ -1,0 +1,1 @@
+"""The `leccr` command line."""

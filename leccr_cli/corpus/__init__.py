@@ -1,0 +1,1 @@
+"""Corpora: the folder format, frame features, importers and the synthetic benchmark."""

@@ -1,0 +1,1 @@
+"""Data preparation: MLLM descriptions, machine translation, the description-feature cache."""

@@ -1,0 +1,1 @@
+"""The description-feature cache (`leccr build-slots`)."""

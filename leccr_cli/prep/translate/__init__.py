@@ -1,0 +1,1 @@
+"""Machine translation of captions and descriptions."""

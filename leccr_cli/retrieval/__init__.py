@@ -1,0 +1,1 @@
+"""Retrieval: metrics, evaluation, the index and search."""

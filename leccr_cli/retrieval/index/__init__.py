@@ -1,0 +1,1 @@
+"""The index folder (`leccr index`) that search and the app query."""

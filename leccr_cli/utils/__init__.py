@@ -1,0 +1,1 @@
+"""Generic infrastructure: crash-safe files, processes and devices, consoles, language codes."""
