@@ -61,7 +61,7 @@ def main() -> None:
             in_generate[0] += time.perf_counter() - t
 
     describer.model.generate = timed_generate
-    run = dict(splits=["train"], limit=args.images, overwrite=True, show_progress=False)
+    run = dict(splits=["train"], limit=args.images, overwrite=True)
     caption_corpus(corpus, describer, source="warmup", **{**run, "limit": 2})
 
     results = {}
@@ -72,11 +72,17 @@ def main() -> None:
         seconds = time.perf_counter() - started
         results[batch_size] = (report.described / seconds, seconds, 1 - in_generate[0] / seconds)
 
-    print(f"tiny LLaVA, {args.images} synthetic images, up to {args.max_new_tokens} new tokens, {args.threads} torch threads")
+    print(
+        f"tiny LLaVA, {args.images} synthetic images, up to {args.max_new_tokens} new tokens, {args.threads} torch "
+        f"threads"
+    )
     for batch_size, (rate, seconds, outside) in results.items():
         print(f"batch {batch_size}: {rate:.2f} images/s ({seconds:.1f} s; {100 * outside:.1f}% outside generate)")
     print(f"speed-up batch 8 / batch 1: {results[8][0] / results[1][0]:.2f}x (target >= 3x)")
-    print(f"time outside generate at batch 8: {100 * results[8][2]:.1f}% (target < 10%); model load {load_seconds:.2f} s, once")
+    print(
+        f"time outside generate at batch 8: {100 * results[8][2]:.1f}% (target < 10%); model load {load_seconds:.2f} "
+        f"s, once"
+    )
     same = corpus.description_rows("batch1") == corpus.description_rows("batch8")
     print(f"batch 1 and batch 8 wrote the same descriptions: {'yes' if same else 'NO'}")
 

@@ -149,7 +149,8 @@ def main() -> None:
     print(f"{'configuration':44} {'params':>9} {'samples/s':>10} {'s/step':>8} {full['memory'] + ' MiB':>22}")
     for variant, label in VARIANTS.items():
         r = results[variant]
-        print(f"{label:44} {r['parameters']:>9,} {r['samples_per_s']:>10.1f} {r['seconds_per_step']:>8.3f} {r['peak_mb']:>22.0f}")
+        print(f"{label:44} {r['parameters']:>9,} {r['samples_per_s']:>10.1f} {r['seconds_per_step']:>8.3f} "
+            f"{r['peak_mb']:>22.0f}")
     print(
         f"LECCR / baseline: throughput x{full['samples_per_s'] / base['samples_per_s']:.2f}, "
         f"peak memory x{full['peak_mb'] / base['peak_mb']:.2f}"

@@ -79,15 +79,26 @@ def make_run(folder: Path, corpus: Path, dim: int, text: str) -> Path:
     """A run folder (recipe + model/) of the demo's configuration with a `dim`-d joint space (random weights)."""
     from leccr_cli.config import recipe_from_dict
     from leccr_cli.corpus.corpus import Corpus
-    from leccr_cli.training.pipeline import build_model_for, resolve_paths
+    from leccr_cli.config import resolve_paths
+    from leccr_cli.model.factory import build_model_for
     from leccr_cli.runs.layout import create_run_dir
     from leccr_cli.testing import tiny_recipe
 
     raw = tiny_recipe(corpus)
     raw["model"]["joint_dim"] = dim
     raw["model"]["vision"] = {**raw["model"]["vision"], "image_size": 64, "projection_dim": 64}
-    raw["model"]["vision"]["config"] = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "patch_size": 8}
-    raw["model"]["text"]["config"] = {**raw["model"]["text"]["config"], **TEXT_SIZES[text], "max_position_embeddings": 64}
+    raw["model"]["vision"]["config"] = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "patch_size": 8,
+    }
+    raw["model"]["text"]["config"] = {
+        **raw["model"]["text"]["config"],
+        **TEXT_SIZES[text],
+        "max_position_embeddings": 64,
+    }
     raw["model"].update(num_slots=4, heads=4)
     raw["eval"]["batch_size"] = 250
     recipe = resolve_paths(recipe_from_dict(raw))
@@ -98,16 +109,27 @@ def make_run(folder: Path, corpus: Path, dim: int, text: str) -> Path:
 
 
 def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: int = 0) -> Path:
-    """An index of `count` random unit vectors (fp16) in the real format, built by `run`'s model (so it is not stale)."""
+    """An index of `count` random unit vectors (fp16) in the real format, built by `run`'s model (not stale)."""
     import torch
     from datasets import Dataset, Features, Value
 
-    from leccr_cli.prep.features.cache import StreamingSafetensors, tensor_bytes
-    from leccr_cli.retrieval.index.builder import CODES_FILE, EMBEDDINGS_FILE, INDEX_FILE, ITEM_COLUMNS, ITEMS_DIR, IndexInfo, ModelIdentity, write_codes
+    from leccr_cli.utils.safetensors_io import StreamingSafetensors, tensor_bytes
+    from leccr_cli.retrieval.index.builder import write_codes
+    from leccr_cli.retrieval.index.format import (
+        CODES_FILE,
+        EMBEDDINGS_FILE,
+        INDEX_FILE,
+        ITEMS_DIR,
+        ITEM_COLUMNS,
+        IndexInfo,
+        ModelIdentity,
+    )
 
     folder.mkdir(parents=True)
     generator = torch.Generator().manual_seed(seed)
-    out = StreamingSafetensors(folder / EMBEDDINGS_FILE, {"global": ("F16", [count, dim], 2)}, {"format": "leccr-index"})
+    out = StreamingSafetensors(
+        folder / EMBEDDINGS_FILE, {"global": ("F16", [count, dim], 2)}, {"format": "leccr-index"}
+    )
     step = 1 << 16
     for start in range(0, count, step):
         rows = torch.nn.functional.normalize(torch.randn(min(step, count - start), dim, generator=generator), dim=1)
@@ -116,7 +138,9 @@ def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: i
     ids = [f"img{i:07d}" for i in range(count)]
     write_codes(folder / CODES_FILE, folder / EMBEDDINGS_FILE, ids)
     items = {"image_id": ids, "path": [f"/photos/{i}.jpg" for i in ids], "description": [""] * count}
-    Dataset.from_dict(items, features=Features({c: Value("string") for c in ITEM_COLUMNS})).save_to_disk(str(folder / ITEMS_DIR))
+    Dataset.from_dict(items, features=Features({c: Value("string") for c in ITEM_COLUMNS})).save_to_disk(
+        str(folder / ITEMS_DIR)
+    )
     info = IndexInfo(ModelIdentity.of_run(run), "synthetic", "gallery", None, count, dim, None, False, "fp16")
     (folder / INDEX_FILE).write_text(info.to_json())
     return folder
@@ -125,7 +149,7 @@ def write_synthetic_index(folder: Path, run: Path, count: int, dim: int, seed: i
 def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
     import torch
 
-    from leccr_cli.retrieval.index.builder import CODES_FILE, EMBEDDINGS_FILE
+    from leccr_cli.retrieval.index.format import CODES_FILE, EMBEDDINGS_FILE
     from leccr_cli.retrieval.search import Searcher, top_k
 
     started = time.perf_counter()
@@ -189,7 +213,7 @@ def bench_search(index: Path, queries: int, warmup: int = 5) -> dict:
 
 def bench_build(run: Path, corpus: Path, split: str, workdir: Path, rounds: int) -> dict:
     from leccr_cli.corpus.corpus import Corpus
-    from leccr_cli.retrieval.evaluate import encode_gallery
+    from leccr_cli.retrieval.encode import encode_gallery
     from leccr_cli.retrieval.index.builder import build_index
     from leccr_cli.runs.layout import load_run
 
@@ -203,7 +227,9 @@ def bench_build(run: Path, corpus: Path, split: str, workdir: Path, rounds: int)
     def evaluate() -> float:
         started = time.perf_counter()
         recipe, model = load_run(run)
-        encode_gallery(model, Corpus.open(corpus), split, recipe)
+        encode_gallery(
+            model, Corpus.open(corpus), split, descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size
+        )
         return time.perf_counter() - started
 
     build, encode = [], []
@@ -228,7 +254,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--text", choices=sorted(TEXT_SIZES), default="tiny")
-    parser.add_argument("--build-images", type=int, default=2000, help="synthetic corpus size for the build comparison (its train split)")
+    parser.add_argument(
+        "--build-images",
+        type=int,
+        default=2000,
+        help="synthetic corpus size for the build comparison (its train split)",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--skip-build", action="store_true")
     args = parser.parse_args()
@@ -240,9 +271,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))
     try:
-        corpus = build_synthetic(workdir / "corpus", images=args.build_images, langs=["de", "fr", "cs"], seed=0, image_size=64).path
+        corpus = build_synthetic(
+            workdir / "corpus", images=args.build_images, langs=["de", "fr", "cs"], seed=0, image_size=64
+        ).path
         run = make_run(workdir, corpus, args.dim, args.text)
-        print(f"torch {torch.__version__}, {args.threads} threads; query model: {args.text} text encoder, {args.dim}-d head")
+        print(
+            f"torch {torch.__version__}, {args.threads} threads; query model: {args.text} text encoder, {args.dim}-d "
+            f"head"
+        )
         print(
             "| items | embeddings + codes | model load | p50 | p95 | scan p50 | scan p95 | float32 scan p50 | ratio | "
             "read floor: codes / embeddings | private memory growth | pages mapped: codes / embeddings |"
@@ -252,9 +288,12 @@ def main() -> None:
             index = write_synthetic_index(workdir / f"index-{size}", run, size, args.dim)
             r = bench_search(index, args.queries)
             print(
-                f"| {size:,} | {r['embeddings_mib']:.0f} + {r['codes_mib']:.0f} MiB | {r['load_s']:.2f} s | {r['p50_ms']:.1f} ms | "
-                f"{r['p95_ms']:.1f} ms | {r['scan_p50_ms']:.1f} ms | {r['scan_p95_ms']:.1f} ms | {r['float32_scan_ms']:.1f} ms | "
-                f"x{r['float32_scan_ms'] / r['two_pass_ms']:.1f} | {r['codes_floor_ms']:.1f} / {r['embeddings_floor_ms']:.1f} ms | "
+                f"| {size:,} | {r['embeddings_mib']:.0f} + {r['codes_mib']:.0f} MiB | {r['load_s']:.2f} s | "
+                f"{r['p50_ms']:.1f} ms | "
+                f"{r['p95_ms']:.1f} ms | {r['scan_p50_ms']:.1f} ms | {r['scan_p95_ms']:.1f} ms | "
+                f"{r['float32_scan_ms']:.1f} ms | "
+                f"x{r['float32_scan_ms'] / r['two_pass_ms']:.1f} | {r['codes_floor_ms']:.1f} / "
+                f"{r['embeddings_floor_ms']:.1f} ms | "
                 f"{r['anon_mib']:+.0f} MiB | {r['codes_mapped_mib']:.0f} / {r['embeddings_mapped_mib']:.0f} MiB |",
                 flush=True,
             )
@@ -265,7 +304,8 @@ def main() -> None:
             print(
                 f"build: leccr index {b['index_per_s']:.0f} images/s vs leccr evaluate's gallery encoding "
                 f"{b['evaluate_per_s']:.0f} images/s ({b['images']} images, best of {args.rounds}): "
-                f"ratio {b['index_per_s'] / b['evaluate_per_s']:.2f} (median of the rounds' ratios {b['median_ratio']:.2f})"
+                f"ratio {b['index_per_s'] / b['evaluate_per_s']:.2f} (median of the rounds' ratios "
+                f"{b['median_ratio']:.2f})"
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -46,7 +46,9 @@ def make_corpus(folder: Path, images: int) -> Path:
     source = build_synthetic(folder / "source", images=images, langs=["de"], seed=0, image_size=64).path
     corpus = Corpus.open(source)
     captions = [Caption(*c)._replace(text=lengthen(c.text, 30)) for c in corpus.captions()]
-    descriptions = [{**row, "text": lengthen(row["text"], DESCRIPTION_TOKENS)} for row in corpus.description_rows("synthetic")]
+    descriptions = [
+        {**row, "text": lengthen(row["text"], DESCRIPTION_TOKENS)} for row in corpus.description_rows("synthetic")
+    ]
     return write_corpus(
         folder / "corpus",
         name="bench-slots",
@@ -69,11 +71,25 @@ def write_recipe(folder: Path, corpus: Path, args) -> Path:
     if args.vision == "matched":  # 12 x 12 patches + CLS = 145 tokens, like ViT-B/32 at 384 px
         vision, image_size = {**encoder, "patch_size": 8}, 96
     else:
-        vision, image_size = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "patch_size": 16}, 64
+        vision, image_size = (
+            {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "patch_size": 16,
+            },
+            64,
+        )
     recipe = {
         "name": "bench-slots",
         "seed": 0,
-        "data": {"corpus": str(corpus), "target_langs": ["de"], "descriptions": "synthetic", "train_transform": "resize_center_crop"},
+        "data": {
+            "corpus": str(corpus),
+            "target_langs": ["de"],
+            "descriptions": "synthetic",
+            "train_transform": "resize_center_crop",
+        },
         "model": {
             "vision": {"name_or_path": None, "image_size": image_size, "projection_dim": 256, "config": vision},
             "text": {
@@ -112,9 +128,11 @@ def main() -> None:
 
     from leccr_cli.config import load_recipe
     from leccr_cli.corpus.corpus import Corpus
-    from leccr_cli.data.datasets import TrainingSet, check_descriptions
+    from leccr_cli.corpus.corpus import check_descriptions
+    from leccr_cli.data.datasets import TrainingSet
     from leccr_cli.prep.features.cache import SlotCache
-    from leccr_cli.training.pipeline import build_model_for, build_optimizer, training_data
+    from leccr_cli.model.factory import build_model_for
+    from leccr_cli.training.pipeline import build_optimizer, training_data
     from leccr_cli.prep.features.build import build_slots
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,13 +152,15 @@ def main() -> None:
         width_stored = SlotCache.open(report.path).row(train_ids[0]).shape[1]
 
         model = build_model_for(recipe, corpus)
-        cached = training_data(recipe, corpus, model, rebuild_from=str(recipe_file))  # the recipe reads the cache
+        cached = training_data(recipe, corpus, model)  # the recipe reads the cache
         with_cache = cached.dataset
         # the same examples, images and cleaning, with the description texts encoded live instead
         descriptions = check_descriptions(corpus, recipe.data.descriptions, train_ids)
         live = TrainingSet(with_cache.examples, with_cache.visual, descriptions, with_cache.cleaning, recipe.seed)
         loaders = {
-            mode: DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=cached.collate)
+            mode: DataLoader(
+                dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=cached.collate
+            )
             for mode, dataset in (("live encoding", live), ("slot cache", with_cache))
         }
         batches = {mode: _forever(loader) for mode, loader in loaders.items()}
@@ -172,12 +192,14 @@ def main() -> None:
     text_params = sum(p.numel() for p in model.text_encoder.parameters())
     print(
         f"frozen description encoder = text encoder: {args.layers} layers x {args.width} "
-        f"({text_params / 1e6:.1f} M parameters each); vision: {args.vision} ({model.vision.config.num_hidden_layers} x "
+        f"({text_params / 1e6:.1f} M parameters each); vision: {args.vision} ({model.vision.config.num_hidden_layers} "
+        f"x "
         f"{model.vision.config.hidden_size}, {(model.image_size // model.vision.config.patch_size) ** 2 + 1} tokens)"
     )
     print(
         f"mean tokens per caption {tokens['caption']:.0f}, per description {tokens['description']:.0f}; "
-        f"batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps per mode, {torch.get_num_threads()} threads"
+        f"batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps per mode, {torch.get_num_threads()} "
+        f"threads"
     )
     print(f"{'mode':16} {'samples/s':>10} {'s/step':>8}")
     rates = {}

@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from leccr_cli.corpus.synthetic.image import Mention, Shape, build_synthetic, consistent, held_out_scenes, random_scene
+from leccr_cli.corpus.synthetic.grammar import Mention, Shape, consistent
+from leccr_cli.corpus.synthetic.image import build_synthetic, held_out_scenes, random_scene
 
 
 def _object_mentions(obj: Shape) -> list[Mention]:

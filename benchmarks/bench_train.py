@@ -56,7 +56,11 @@ def worker(args) -> None:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    print(json.dumps({"samples_per_s": samples / (last["seconds"] - first["seconds"]), "peak_mib": peak, "device": device}))
+    print(
+        json.dumps(
+            {"samples_per_s": samples / (last["seconds"] - first["seconds"]), "peak_mib": peak, "device": device}
+        )
+    )
 
 
 def main() -> None:
@@ -77,15 +81,33 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         corpus = scratch / "synthetic"
-        subprocess.run([sys.executable, "-m", "leccr_cli", "data", "synth", str(corpus)], check=True, capture_output=True)
-        command = [sys.executable, __file__, "--worker", "--corpus", str(corpus), "--out", str(scratch / "run"),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-                   "--mixed-precision", args.mixed_precision]
+        subprocess.run(
+            [sys.executable, "-m", "leccr_cli", "data", "synth", str(corpus)], check=True, capture_output=True
+        )
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(scratch / "run"),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--batch-size",
+            str(args.batch_size),
+            "--mixed-precision",
+            args.mixed_precision,
+        ]
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         measured = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"demo configuration, batch {args.batch_size}, {args.mixed_precision} precision, {measured['device']}:")
-        print(f"  training: {measured['samples_per_s']:.1f} samples/s (steps {args.warmup + 1}-{args.steps}), "
-              f"peak memory {measured['peak_mib']:.0f} MiB")
+        print(
+            f"  training: {measured['samples_per_s']:.1f} samples/s (steps {args.warmup + 1}-{args.steps}), "
+            f"peak memory {measured['peak_mib']:.0f} MiB"
+        )
         if args.skip_demo:
             return
         # the whole demo as a new user runs it: corpus build, training, validation, test
@@ -93,9 +115,20 @@ def main() -> None:
         demo_dir.mkdir()
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "leccr_cli", "train", str(REPO / "recipes" / "demo.yaml"),
-             "--set", f"data.corpus={demo_dir / 'data' / 'synthetic'}", "--output", str(demo_dir / "run")],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "leccr_cli",
+                "train",
+                str(REPO / "recipes" / "demo.yaml"),
+                "--set",
+                f"data.corpus={demo_dir / 'data' / 'synthetic'}",
+                "--output",
+                str(demo_dir / "run"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         elapsed = time.perf_counter() - start
         print(f"  full demo (leccr train recipes/demo.yaml, corpus built from scratch): {elapsed:.0f} s")

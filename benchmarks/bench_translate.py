@@ -56,7 +56,10 @@ def main() -> None:
             rates[name] = best.unique / best.seconds
             print(f"{name:20s} {rates[name]:8.1f} sentences/s ({best.unique} in {best.seconds:.2f} s)", flush=True)
     print(f"same translations every way: {all(out == outputs[0] for out in outputs)}")
-    print(f"sorted batch 32 / unsorted batch 1: {rates['sorted, batch 32'] / rates['unsorted, batch 1']:.1f}x (target >= 5x)")
+    print(
+        f"sorted batch 32 / unsorted batch 1: {rates['sorted, batch 32'] / rates['unsorted, batch 1']:.1f}x (target >= "
+        f"5x)"
+    )
     print(f"sorted batch 32 / unsorted batch 32: {rates['sorted, batch 32'] / rates['unsorted, batch 32']:.2f}x")
     print(f"torch {torch.__version__}, {args.threads} thread(s), max_tokens {args.max_tokens}, CPU")
 

@@ -67,7 +67,8 @@ def worker(args) -> None:
 
     from leccr_cli.config import load_recipe
     from leccr_cli.corpus.corpus import Corpus
-    from leccr_cli.training.pipeline import build_model_for, build_optimizer, training_data
+    from leccr_cli.model.factory import build_model_for
+    from leccr_cli.training.pipeline import build_optimizer, training_data
 
     overrides = [
         f"data.corpus={args.corpus}",
@@ -81,7 +82,7 @@ def worker(args) -> None:
     recipe = load_recipe(REPO / "recipes" / "demo-video.yaml", overrides)
     corpus = Corpus.open(args.corpus)
     model = build_model_for(recipe, corpus)
-    data = training_data(recipe, corpus, model, rebuild_from="bench_video")
+    data = training_data(recipe, corpus, model)
     loader = DataLoader(data.dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=data.collate,
                         generator=torch.Generator().manual_seed(0))
     optimizer = build_optimizer(model, recipe)
@@ -132,7 +133,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64, help="the most frames per video (and model.video.max_frames)")
     parser.add_argument("--frame-dim", type=int, default=2048, help="width of a frame feature")
     parser.add_argument("--width", default="512", help="model.video.width: a number, or null for the frame width")
-    parser.add_argument("--heads", type=int, default=8, help="attention heads of the frame encoder and the LECCR layers")
+    parser.add_argument(
+        "--heads", type=int, default=8, help="attention heads of the frame encoder and the LECCR layers"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8, help="measured optimiser steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the rate")
@@ -155,7 +158,10 @@ def main() -> None:
                 Path(scratch) / label, videos=count, frames=args.frames, frame_dim=args.frame_dim, seed=0
             ).path
             size = sum(p.stat().st_size for p in (corpora[label] / "video").iterdir()) / 2**20
-            print(f"corpus of {count} videos: frame features {size:.0f} MiB on disk (built in {time.perf_counter() - start:.0f} s)")
+            print(
+                f"corpus of {count} videos: frame features {size:.0f} MiB on disk (built in "
+                f"{time.perf_counter() - start:.0f} s)"
+            )
 
         rows = []
         measured: dict[str, list[dict]] = {"mean": [], "cls": []}
@@ -164,16 +170,28 @@ def main() -> None:
                 measured[pooling].append(_measure(args, corpora["small"], pooling, args.batch_size))
         for pooling, runs in measured.items():
             rows.append((f"{pooling}, {args.videos} videos, batch {args.batch_size}", runs))
-        rows.append((f"mean, {10 * args.videos} videos, batch {args.batch_size}",
-                     [_measure(args, corpora["large"], "mean", args.batch_size)]))
-        rows.append((f"mean, {args.videos} videos, batch {2 * args.batch_size}",
-                     [_measure(args, corpora["small"], "mean", 2 * args.batch_size)]))
+        rows.append(
+            (
+                f"mean, {10 * args.videos} videos, batch {args.batch_size}",
+                [_measure(args, corpora["large"], "mean", args.batch_size)],
+            )
+        )
+        rows.append(
+            (
+                f"mean, {args.videos} videos, batch {2 * args.batch_size}",
+                [_measure(args, corpora["small"], "mean", 2 * args.batch_size)],
+            )
+        )
 
     threads = rows[0][1][0]["threads"]
-    print(f"\n{args.frames} frames x {args.frame_dim}-d per video (at most), model.video.width {args.width}, "
-          f"{args.steps} measured steps after {args.warmup}, CPU ({threads} threads)")
-    print("| pooling, corpus, batch | samples/s | peak anonymous MiB | anonymous before training MiB "
-          "| peak RSS MiB (file pages included) | frame file resident at the end MiB |")
+    print(
+        f"\n{args.frames} frames x {args.frame_dim}-d per video (at most), model.video.width {args.width}, "
+        f"{args.steps} measured steps after {args.warmup}, CPU ({threads} threads)"
+    )
+    print(
+        "| pooling, corpus, batch | samples/s | peak anonymous MiB | anonymous before training MiB "
+        "| peak RSS MiB (file pages included) | frame file resident at the end MiB |"
+    )
     print("|---|---|---|---|---|---|")
     for label, runs in rows:
         rate = " / ".join(f"{r['samples_per_s']:.1f}" for r in runs)
@@ -186,8 +204,10 @@ def main() -> None:
     cls_rate = statistics.median(r["samples_per_s"] for r in measured["cls"])
     print(f"\nmean / CLS pooling throughput: x{mean_rate / cls_rate:.2f}")
     small = max(r["anonymous_peak_mib"] for r in measured["mean"])
-    print(f"peak anonymous memory, 10x the corpus: {rows[2][1][0]['anonymous_peak_mib'] - small:+.0f} MiB; "
-          f"2x the batch: {rows[3][1][0]['anonymous_peak_mib'] - small:+.0f} MiB")
+    print(
+        f"peak anonymous memory, 10x the corpus: {rows[2][1][0]['anonymous_peak_mib'] - small:+.0f} MiB; "
+        f"2x the batch: {rows[3][1][0]['anonymous_peak_mib'] - small:+.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

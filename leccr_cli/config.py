@@ -20,9 +20,29 @@ from typing import Any, Literal
 
 import yaml
 
-from leccr_cli.errors import LeccrError, RecipeError
+from leccr_cli import defaults
+from leccr_cli.defaults import (
+    DescriptionEncoder,
+    DescriptionFeatures,
+    EvalTransform,
+    FusionMode,
+    GalleryMode,
+    LogWith,
+    MixedPrecision,
+    Modality,
+    NoDecay,
+    SlotInit,
+    StripPunctuation,
+    TextPooling,
+    TrainTransform,
+    Variant,
+    VideoPooling,
+)
+from leccr_cli.errors import InvalidArgument, LeccrError, Param, RecipeError, Step, Text, parts
 from leccr_cli.utils.fs import atomic_write_text
 from leccr_cli.utils.languages import check_language
+
+RECIPE_FILE = "recipe.yaml"  # the resolved recipe of a run, in its folder
 
 
 def _limits(
@@ -47,10 +67,10 @@ class SynthSpec:
     defaults; keys of the other modality are refused.
     """
 
-    modality: Literal["image", "video"] = "image"
+    modality: Modality = "image"
     images: int | None = field(default=None, metadata=_limits(30))
     videos: int | None = field(default=None, metadata=_limits(30))
-    langs: list[str] = field(default_factory=lambda: ["de", "fr", "cs"])
+    langs: list[str] = field(default_factory=lambda: list(defaults.SYNTH_LANGS))
     seed: int = 0
     image_size: int | None = field(default=None, metadata=_limits(16))
     frames: int | None = field(default=None, metadata=_limits(2))
@@ -70,27 +90,27 @@ class DataConfig:
 
     corpus: str = ""
     synth: SynthSpec | None = None
-    source_lang: str = "en"
+    source_lang: str = defaults.SOURCE_LANG
     target_langs: list[str] = field(default_factory=list)
-    descriptions: str = "llava"
+    descriptions: str = defaults.DESCRIPTIONS
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    max_words: int = field(default=30, metadata=_positive())
+    max_words: int = field(default=defaults.MAX_WORDS, metadata=_positive())
     lowercase: bool = True
     # unicode: every Unicode punctuation mark (CJK "，。、" too); ascii: the reference's ASCII
     # marks only; none: keep all. true/false (older recipes) mean unicode/none.
-    strip_punctuation: Literal["unicode", "ascii", "none"] = field(
+    strip_punctuation: StripPunctuation = field(
         default="unicode", metadata={"booleans": {True: "unicode", False: "none"}}
     )
-    train_transform: Literal["random_resized_crop", "resize_center_crop"] = "random_resized_crop"
+    train_transform: TrainTransform = "random_resized_crop"
     crop_scale_min: float = field(default=0.5, metadata=_limits(0.0, 1.0, low_open=True))
     # a horizontal flip of half the training images; off by default, since flips swap the
     # "left" and "right" of the captions
     train_flip: bool = False
     # evaluation images: short side to image_size and a centre crop, or the whole image
     # resized to image_size x image_size (the reference's test transform)
-    eval_transform: Literal["center_crop", "resize"] = "center_crop"
+    eval_transform: EvalTransform = "center_crop"
     num_workers: int = field(default=0, metadata=_limits(0))
     video_features: str | None = None
 
@@ -120,7 +140,7 @@ class VideoConfig:
     layers: int = field(default=1, metadata=_positive())
     heads: int = field(default=8, metadata=_positive())
     max_frames: int = field(default=64, metadata=_positive())
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: VideoPooling = "mean"
     positions: bool = False
 
 
@@ -143,20 +163,20 @@ class TextConfig:
     description_max_tokens: int = field(default=200, metadata=_limits(4))
     # cls: h = W_t last_hidden[CLS], as in the reference; mean: the masked mean of all tokens,
     # which tiny encoders trained from scratch learn far faster
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: TextPooling = "cls"
 
 
 @dataclass
 class ModelConfig:
     """The LECCR model and its ablation switches (docs/architecture.md, "The model")."""
 
-    variant: Literal["leccr", "baseline"] = "leccr"
+    variant: Variant = "leccr"
     vision: VisionConfig = field(default_factory=VisionConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    description_encoder: Literal["shared", "frozen"] = "shared"
+    description_encoder: DescriptionEncoder = "shared"
     description_encoder_name: str | None = None
-    description_features: Literal["auto", "cache", "live"] = "auto"
+    description_features: DescriptionFeatures = "auto"
     joint_dim: int = field(default=256, metadata=_positive())
     num_slots: int = field(default=4, metadata=_positive())
     slot_layers: int = field(default=3, metadata=_positive())
@@ -167,7 +187,7 @@ class ModelConfig:
     mlp_ratio: int = field(default=4, metadata=_positive())
     dropout: float = field(default=0.0, metadata=_limits(0.0, 1.0, high_open=True))
     # the learned slot queries start as randn * 0.02 (normal) or as zeros (the reference)
-    slot_init: Literal["normal", "zeros"] = "normal"
+    slot_init: SlotInit = "normal"
     # width of the description-vision projections; null = joint_dim (the reference: 512, the visual width)
     description_vision_dim: int | None = field(default=None, metadata=_positive())
     temperature: float = field(default=0.07, metadata=_limits(0.0, 1.0, low_open=True))
@@ -203,12 +223,12 @@ class OptimConfig:
     batch_size: int = field(default=128, metadata=_positive())
     gradient_accumulation_steps: int = field(default=1, metadata=_positive())
     max_grad_norm: float | None = field(default=1.0, metadata=_limits(0.0, low_open=True))
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: MixedPrecision = "no"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=_limits(0.0, 1.0, high_open=True))
     eps: float = field(default=1e-8, metadata=_limits(0.0, low_open=True))
     # which parameters get no weight decay: ndim (vectors and scalars: biases, norms, the
     # temperature) or names (names containing "bias" or "norm", the reference's rule)
-    no_decay: Literal["ndim", "names"] = "ndim"
+    no_decay: NoDecay = "ndim"
 
 
 @dataclass
@@ -217,15 +237,15 @@ class EvalConfig:
 
     every_steps: int | None = field(default=None, metadata=_positive())
     langs: list[str] = field(default_factory=list)
-    batch_size: int = field(default=128, metadata=_positive())
+    batch_size: int = field(default=defaults.EVAL_BATCH_SIZE, metadata=_positive())
     fusion: float | None = field(default=None, metadata=_limits(0.0, 1.0))
     # linear: fusion * global + (1 - fusion) * slot score; minmax: each score matrix min-max
     # scaled to [0, 1] over the whole matrix first (the reference's video scoring)
-    fusion_mode: Literal["linear", "minmax"] = "linear"
+    fusion_mode: FusionMode = "linear"
     # language: each language against its own images (the corpus's gallery of the language);
     # all: every language against every image of the split
-    gallery: Literal["language", "all"] = "language"
-    memory_budget_mb: int = field(default=1024, metadata=_limits(16))
+    gallery: GalleryMode = "language"
+    memory_budget_mb: int = field(default=defaults.EVAL_MEMORY_BUDGET_MB, metadata=_limits(16))
 
 
 @dataclass
@@ -235,7 +255,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=_positive())
     checkpoint_every_steps: int | None = field(default=None, metadata=_positive())
     log_every_steps: int = field(default=10, metadata=_positive())
-    log_with: Literal["none", "tensorboard"] = "none"
+    log_with: LogWith = "none"
 
 
 @dataclass
@@ -283,11 +303,11 @@ def _range_text(meta: dict) -> str:
 
 
 class _Checker:
-    def __init__(self, source: str):
-        self.source = source
+    def __init__(self, source: Text):
+        self.source = parts(source)
 
     def fail(self, key: str, problem: str) -> None:
-        raise RecipeError(f"{self.source}: {key}: {problem}")
+        raise RecipeError(parts(self.source, f": {key}: {problem}"))
 
     def build(self, cls: type, raw: Any, prefix: str) -> Any:
         if not isinstance(raw, dict):
@@ -320,7 +340,8 @@ class _Checker:
                 value = meta["booleans"][value]
             elif isinstance(value, bool):
                 # YAML 1.1 reads an unquoted `no` (or off/yes/on) as a boolean
-                spelled = [c for c in choices if str(c).lower() in (("no", "off", "false"), ("yes", "on", "true"))[value]]
+                words = (("no", "off", "false"), ("yes", "on", "true"))[value]
+                spelled = [c for c in choices if str(c).lower() in words]
                 value = spelled[0] if spelled else value
             if value not in choices:
                 close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
@@ -378,10 +399,10 @@ def _yaml_float(text: str) -> float | str:
         return text
 
 
-def recipe_from_dict(raw: Any, source: str = "recipe") -> Recipe:
+def recipe_from_dict(raw: Any, source: Text = "recipe") -> Recipe:
     """Validate a raw mapping against the schema; raise `RecipeError` naming `source` and the key."""
     recipe = _Checker(source).build(Recipe, {} if raw is None else raw, "")
-    _check_consistency(recipe, source)
+    _check_consistency(recipe, parts(source))
     return recipe
 
 
@@ -390,57 +411,148 @@ def model_config_from_dict(raw: Any, source: str = "model") -> ModelConfig:
     return _Checker(source).build(ModelConfig, {} if raw is None else raw, "model")
 
 
-def _check_consistency(recipe: Recipe, source: str) -> None:
+def data_config_from_dict(raw: Any, source: str = "data", prefix: str = "data") -> DataConfig:
+    """Validate some keys of a `data` block (e.g. a model's saved preprocessing) against the schema."""
+    return _Checker(source).build(DataConfig, {} if raw is None else raw, prefix)
+
+
+def uses_descriptions(config: ModelConfig) -> bool:
+    """Whether the model's switches leave anything that reads the descriptions."""
+    return config.variant == "leccr" and (
+        config.interaction
+        or config.multi_level_matching
+        or config.english_guidance
+        or config.description_vision
+        or config.slot_diversity
+    )
+
+
+def uses_slot_embeddings(config: ModelConfig) -> bool:
+    """Whether the slot embeddings m̂ (multi-level matching, English guidance, fused scores) exist."""
+    return config.variant == "leccr" and (config.multi_level_matching or config.english_guidance)
+
+
+def check_scoring(
+    fusion: float | None,
+    fusion_mode: str = "linear",
+    gallery: str = "language",
+    *,
+    slot_embeddings: bool = True,
+    what: str = "model",
+) -> None:
+    """The rules of scoring, for recipes (`eval.*`), evaluation and search alike.
+
+    `fusion` α (or None: global scores only) in [0, 1] needs slot embeddings (`slot_embeddings`:
+    whether the `what`, a model or an index, has them); `fusion_mode` is linear or minmax, and
+    minmax needs `fusion`; `gallery` is language or all. A broken rule is an `InvalidArgument`
+    naming the parameter.
+    """
+    if fusion_mode not in defaults.FUSION_MODES:
+        expected = f"expected {' or '.join(defaults.FUSION_MODES)}"
+        raise InvalidArgument(
+            "fusion_mode",
+            fusion_mode,
+            expected,
+            message=parts(Param("fusion_mode", fusion_mode, quote=True), f": {expected}"),
+        )
+    if gallery not in defaults.GALLERY_MODES:
+        raise InvalidArgument("gallery", gallery, f"expected one of {', '.join(defaults.GALLERY_MODES)}")
+    if fusion is not None and not 0.0 <= fusion <= 1.0:
+        raise InvalidArgument("fusion", fusion, "must be between 0 and 1 (the weight of the global scores)")
+    if fusion is None and fusion_mode == "minmax":
+        expected = parts("needs ", Param("fusion", metavar="ALPHA"), ", the weight of the global scores")
+        raise InvalidArgument(
+            "fusion_mode",
+            fusion_mode,
+            expected,
+            parts("e.g. ", Param("fusion", 0.9), " (the reference's video setting)"),
+            message=parts(Param("fusion_mode", fusion_mode), " ", expected),
+        )
+    if fusion is not None:
+        check_slot_embeddings(slot_embeddings, fusion, what)
+
+
+def check_slot_embeddings(present: bool, fusion: float | None = None, what: str = "model") -> None:
+    """Fused scores (`fusion`) need slot embeddings: refuse a `what` (model or index) without them."""
+    if not present:
+        owner = "its model" if what == "index" else "it"
+        raise InvalidArgument(
+            "fusion", fusion, f"needs slot embeddings; this {what} has none",
+            f"{owner} is a baseline, or multi_level_matching and english_guidance are both off",
+            message=parts(Param("fusion"), f" needs slot embeddings; this {what} has none"),
+        )  # fmt: skip
+
+
+def _check_consistency(recipe: Recipe, source: tuple) -> None:
     data = recipe.data
+
+    def fail(message: Text, hint: Text = None) -> None:
+        raise RecipeError(parts(source, ": ", message), hint)
+
     if not data.corpus:
-        raise RecipeError(f"{source}: data.corpus: missing; set it to a corpus folder (see `leccr data --help`)")
+        fail(
+            (
+                "data.corpus: missing; set it to a corpus folder (see ",
+                Step("data --help", python="leccr_cli.corpus"),
+                ")",
+            )
+        )
     if not data.target_langs:
-        raise RecipeError(f"{source}: data.target_langs: empty; list the target languages, e.g. [de, fr, cs]")
+        fail("data.target_langs: empty; list the target languages, e.g. [de, fr, cs]")
     for key, code in [("data.source_lang", data.source_lang)] + [
         (f"data.target_langs[{i}]", c) for i, c in enumerate(data.target_langs + recipe.eval.langs)
     ]:
         try:
             check_language(code)
         except LeccrError as error:
-            raise RecipeError(f"{source}: {key}: {error}") from None
+            fail(f"{key}: {error}")
     if data.source_lang in data.target_langs:
-        raise RecipeError(f"{source}: data.target_langs: contains the source language '{data.source_lang}'")
+        fail(f"data.target_langs: contains the source language '{data.source_lang}'")
     for key, cfg in (("model.vision", recipe.model.vision), ("model.text", recipe.model.text)):
         if (cfg.name_or_path is None) == (cfg.config is None):
-            raise RecipeError(
-                f"{source}: {key}: set exactly one of name_or_path (a folder or Hub id) "
-                "and config (an inline config trained from scratch)"
+            fail(
+                f"{key}: set exactly one of name_or_path (a folder or Hub id) and config (an inline config trained "
+                f"from scratch)"
             )
     synth = data.synth
     if synth is not None:
         other = ("videos", "frames", "frame_dim", "noise") if synth.modality == "image" else ("images", "image_size")
         for key in other:
             if getattr(synth, key) is not None:
-                raise RecipeError(
-                    f"{source}: data.synth.{key}: belongs to the {'image' if synth.modality == 'video' else 'video'} "
+                fail(
+                    f"data.synth.{key}: belongs to the {'image' if synth.modality == 'video' else 'video'} "
                     f"benchmark, but data.synth.modality is {synth.modality!r}",
                     "remove it, or set data.synth.modality",
                 )
-    model = recipe.model
-    if recipe.eval.fusion is not None and (
-        model.variant == "baseline" or not (model.multi_level_matching or model.english_guidance)
-    ):
-        raise RecipeError(
-            f"{source}: eval.fusion: this model has no slot embeddings to fuse "
-            "(a baseline, or multi_level_matching and english_guidance both off)",
-            "set eval.fusion: null",
+    scoring = recipe.eval
+    try:
+        check_scoring(
+            scoring.fusion, scoring.fusion_mode, scoring.gallery, slot_embeddings=uses_slot_embeddings(recipe.model)
         )
-    if recipe.eval.fusion_mode == "minmax" and recipe.eval.fusion is None:
-        raise RecipeError(
-            f"{source}: eval.fusion_mode: 'minmax' needs eval.fusion, the weight of the global scores (the reference's video setting is 0.9)"
+    except InvalidArgument as error:  # the rules are check_scoring's; a recipe words them with its keys
+        if error.name == "fusion":
+            fail(
+                "eval.fusion: this model has no slot embeddings to fuse (a baseline, or multi_level_matching and "
+                "english_guidance both off)",
+                "set eval.fusion: null",
+            )
+        fail(
+            "eval.fusion_mode: 'minmax' needs eval.fusion, the weight of the global scores (the reference's video "
+            "setting is 0.9)"
         )
     if len(recipe.optim.betas) != 2:
-        raise RecipeError(f"{source}: optim.betas: expected two numbers [beta1, beta2], got {recipe.optim.betas}")
+        fail(f"optim.betas: expected two numbers [beta1, beta2], got {recipe.optim.betas}")
     if recipe.model.description_features == "cache" and recipe.model.description_encoder != "frozen":
-        raise RecipeError(
-            f"{source}: model.description_features: 'cache' needs model.description_encoder: frozen "
-            "(shared-mode features change while training)"
+        fail(
+            "model.description_features: 'cache' needs model.description_encoder: frozen (shared-mode features change "
+            "while training)"
         )
+
+
+def resolve_paths(recipe: Recipe) -> Recipe:
+    """The recipe with `data.corpus` made absolute (a run must not depend on the working directory)."""
+    corpus = str(Path(recipe.data.corpus).expanduser().resolve())
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, corpus=corpus))
 
 
 # -------------------------------------------------------------------- files, overrides
@@ -449,32 +561,38 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into (["a", "b", "c"], value parsed as YAML)."""
     if "=" not in text:
-        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=2e-5")
+        raise RecipeError(
+            parts(
+                Param("overrides", text, quote=True), ": expected KEY=VALUE, e.g. ", Param("overrides", "optim.lr=2e-5")
+            )
+        )
     key, raw_value = text.split("=", 1)
-    parts = [p for p in key.strip().split(".")]
-    if not key.strip() or any(not p for p in parts):
-        raise RecipeError(f"--set {text!r}: the key must be dotted names, e.g. model.num_slots")
+    keys = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in keys):
+        raise RecipeError(
+            parts(Param("overrides", text, quote=True), ": the key must be dotted names, e.g. model.num_slots")
+        )
     try:
         value = yaml.safe_load(raw_value) if raw_value.strip() else ""
     except yaml.YAMLError:
         value = raw_value
-    return parts, value
+    return keys, value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return a copy of `raw` with each `a.b=value` override applied."""
     merged = copy.deepcopy(raw)
     for text in overrides:
-        parts, value = parse_override(text)
+        keys, value = parse_override(text)
         node = merged
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
             if child is None:
-                child = node[part] = {}
+                child = node[key] = {}
             if not isinstance(child, dict):
-                raise RecipeError(f"--set {text}: {'.'.join(parts[: depth + 1])} is not a mapping")
+                raise RecipeError(parts(Param("overrides", text), f": {'.'.join(keys[: depth + 1])} is not a mapping"))
             node = child
-        node[parts[-1]] = value
+        node[keys[-1]] = value
     return merged
 
 
@@ -501,12 +619,17 @@ def read_recipe_file(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load, override and validate a recipe file."""
+    """Load, override (`a.b=value` strings, values YAML) and validate a recipe file."""
     raw = read_recipe_file(path)
+    return recipe_with_overrides(raw, str(path), overrides)
+
+
+def recipe_with_overrides(raw: dict, source: str, overrides: list[str] | None) -> Recipe:
+    """Validate a raw recipe (read from `source`) with `overrides` applied; each mistake is blamed on its origin."""
     if not overrides:
-        return recipe_from_dict(raw, str(path))
-    _Checker(str(path)).build(Recipe, raw, "")  # blame the file for its own mistakes
-    return recipe_from_dict(apply_overrides(raw, overrides), f"{path} with --set")
+        return recipe_from_dict(raw, source)
+    _Checker(source).build(Recipe, raw, "")  # blame the file for its own mistakes
+    return recipe_from_dict(apply_overrides(raw, overrides), parts(f"{source} with ", Param("overrides")))
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -6,6 +6,8 @@ with Hub ids; `tiny_recipe` trains tiny from-scratch encoders on a corpus in sec
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 
 # Words that cover the synthetic corpus, Multi30K-like English and the test prompts.
@@ -20,8 +22,6 @@ BASE_WORDS = (
 
 
 def _vocabulary(extra_texts: list[str] | None = None) -> list[str]:
-    import re
-
     words = list(dict.fromkeys(BASE_WORDS))
     for text in extra_texts or []:
         for word in re.findall(r"\w+|[^\w\s]", text.lower()):
@@ -31,11 +31,38 @@ def _vocabulary(extra_texts: list[str] | None = None) -> list[str]:
 
 
 def single_error_line(result) -> str:
-    """The one `error:` line of a CLI result (a click/typer `Result`) that must have failed with exit code 2, no traceback."""
+    """The one `error:` line of a CLI result (a typer `Result`) that must have failed with exit code 2, no traceback."""
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
     return lines[0]
+
+
+def command_line_error(error, command: str, **given) -> str:
+    """`error` as `leccr COMMAND` words it: parameters as its flags, steps as `leccr` commands, and `given`
+    (parameter name -> value) as what the user typed, e.g. `command_line_error(error, "train", recipe="r.yaml")`."""
+    import typer.main
+
+    from leccr_cli.cli.errors import error_line
+    from leccr_cli.cli.main import app
+
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root, info_name="leccr")
+    for name in command.split():
+        ctx = typer.Context(ctx.command.commands[name], parent=ctx, info_name=name)
+    ctx.params = dict(given)
+    return error_line(error, ctx)
+
+
+@contextlib.contextmanager
+def raises_on_command_line(kind, match: str, command: str, **given):
+    """Like `pytest.raises(kind)`, and the error as `leccr COMMAND` words it (`command_line_error`) matches `match`."""
+    import pytest
+
+    with pytest.raises(kind) as caught:
+        yield caught
+    line = command_line_error(caught.value, command, **given)
+    assert re.search(match, line), f"{match!r} does not match {line!r}"
 
 
 def writer_lock_holder(folder: str | Path, command: list[str]):
@@ -48,7 +75,8 @@ def writer_lock_holder(folder: str | Path, command: list[str]):
 
     script = (
         f"import sys, time\nsys.argv = ['leccr', *{list(command)!r}]\n"
-        f"from leccr_cli.utils.fs import writer_lock\nwith writer_lock({str(folder)!r}):\n print('locked', flush=True)\n time.sleep(60)"
+        f"from leccr_cli.utils.fs import writer_lock\nwith writer_lock({str(folder)!r}):\n"
+        " print('locked', flush=True)\n time.sleep(60)"
     )
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
 
@@ -138,7 +166,8 @@ def _tiny_llava_parts(image_size: int, patch_size: int):
 
     words = _vocabulary() + ["user", ":", "assistant", "\n", ".", ","]
     tokenizer = _generation_tokenizer(
-        words, ["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", append_eos=False,
+        words, ["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>", unk="<unk>",
+        append_eos=False,
         padding_side="left",
     )
     vision = CLIPVisionConfig(
@@ -345,7 +374,10 @@ def tiny_recipe(corpus: str | Path, **blocks) -> dict:
                 "name_or_path": None,
                 "image_size": 32,
                 "projection_dim": 32,
-                "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "patch_size": 8},
+                "config": {
+                    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+                    "patch_size": 8,
+                },
             },
             "text": {
                 "name_or_path": None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -83,3 +84,9 @@ def trained_run(synthetic_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(recipe_from_dict(tiny_recipe(synthetic_corpus)), out)
     return out
+
+
+@pytest.fixture
+def own_run(trained_run, tmp_path) -> Path:
+    """A copy of `trained_run` for a test that writes into its run folder (eval files): the shared run stays as is."""
+    return Path(shutil.copytree(trained_run, tmp_path / "own-run"))

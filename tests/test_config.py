@@ -4,12 +4,17 @@ import pytest
 
 from leccr_cli.config import apply_overrides, load_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from leccr_cli.errors import RecipeError
+from leccr_cli.testing import raises_on_command_line
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @pytest.mark.parametrize(
-    "name", ["demo", "demo-baseline", "demo-frozen", "multi30k", "mscoco", "multi30k-de", "multi30k-fr", "multi30k-cs", "mscoco-ja", "mscoco-zh"]
+    "name",
+    [
+        "demo", "demo-baseline", "demo-frozen", "multi30k", "mscoco",
+        "multi30k-de", "multi30k-fr", "multi30k-cs", "mscoco-ja", "mscoco-zh",
+    ],  # fmt: skip
 )
 def test_shipped_recipes_validate(name):
     recipe = load_recipe(RECIPES / f"{name}.yaml")
@@ -22,7 +27,13 @@ def test_reference_hyper_parameters():
     assert m30k.data.target_langs == ["de", "fr", "cs"]
     assert (m30k.optim.lr, m30k.optim.weight_decay, m30k.optim.warmup_ratio) == (1e-5, 0.01, 0.1)
     assert (m30k.optim.epochs, m30k.optim.batch_size, m30k.optim.new_layer_lr_scale) == (50, 128, 2.0)
-    assert (m30k.loss.w_reg, m30k.loss.w_c, m30k.loss.w_kl, m30k.loss.w_cv, m30k.loss.kl_alpha) == (0.01, 0.01, 0.5, 0.01, 0.8)
+    assert (m30k.loss.w_reg, m30k.loss.w_c, m30k.loss.w_kl, m30k.loss.w_cv, m30k.loss.kl_alpha) == (
+        0.01,
+        0.01,
+        0.5,
+        0.01,
+        0.8,
+    )
     assert (m30k.model.num_slots, m30k.model.slot_layers, m30k.model.interaction_layers) == (4, 3, 2)
     assert m30k.model.vision.image_size == 384 and m30k.model.joint_dim == 256
     assert m30k.data.max_words == 30 and m30k.model.text.description_max_tokens == 200
@@ -71,15 +82,23 @@ def test_wrong_values_are_named(tmp_path, snippet, key, expected):
 
 def test_overrides_apply_and_are_validated(tmp_path):
     path = _write(tmp_path, BASE)
-    recipe = load_recipe(path, ["model.num_slots=2", "optim.lr=2e-5", "data.target_langs=[de, fr]", "model.slots=false"])
+    recipe = load_recipe(
+        path, ["model.num_slots=2", "optim.lr=2e-5", "data.target_langs=[de, fr]", "model.slots=false"]
+    )
     assert recipe.model.num_slots == 2
     assert recipe.optim.lr == 2e-5
     assert recipe.data.target_langs == ["de", "fr"]
     assert recipe.model.slots is False
     assert load_recipe(path, ["optim.mixed_precision=no"]).optim.mixed_precision == "no"
-    with pytest.raises(RecipeError, match="with --set: model.num_slot: unknown key; did you mean 'num_slots'"):
+    with raises_on_command_line(
+        RecipeError, "with --set: model.num_slot: unknown key; did you mean 'num_slots'", "train"
+    ):
         load_recipe(path, ["model.num_slot=2"])
-    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+    with pytest.raises(RecipeError, match="with overrides: model.num_slot: unknown key"):  # in Python: the parameter
+        load_recipe(path, ["model.num_slot=2"])
+    with raises_on_command_line(
+        RecipeError, r"--set 'model.num_slots': expected KEY=VALUE, e.g. --set optim.lr=2e-5", "train"
+    ):
         load_recipe(path, ["model.num_slots"])
     with pytest.raises(RecipeError, match="data.corpus is not a mapping"):
         apply_overrides({"data": {"corpus": "c"}}, ["data.corpus.x=1"])

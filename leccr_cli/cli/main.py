@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from leccr_cli import __version__
-from leccr_cli.cli.commands import make_app
+from leccr_cli.cli.errors import make_app
 from leccr_cli.cli.commands.app import app_command
 from leccr_cli.cli.commands.caption import caption_command
 from leccr_cli.cli.commands.data import app as data_app

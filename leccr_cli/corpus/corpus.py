@@ -33,13 +33,20 @@ import pyarrow as pa
 from datasets import Dataset, Features, Value, load_from_disk
 from datasets.utils.logging import disable_progress_bar
 
-from leccr_cli.errors import CorpusError, LeccrError
-from leccr_cli.utils.fs import atomic_directory, atomic_replacement, is_empty_folder, recover, recover_folder, writer_lock
+from leccr_cli.defaults import MODALITIES, ORIGINS
+from leccr_cli.errors import CorpusError, InvalidArgument, LeccrError, MissingDescriptions, Param, Step, parts
+from leccr_cli.utils.fs import (
+    atomic_directory,
+    atomic_replacement,
+    is_empty_folder,
+    output_taken_hint,
+    recover,
+    recover_folder,
+    writer_lock,
+)
 from leccr_cli.utils.languages import ISO_639_1, check_language
 
 CORPUS_VERSION = 1
-MODALITIES = ("image", "video")
-ORIGINS = ("human", "mt", "back")
 CAPTION_COLUMNS = ("cap_id", "image_id", "split", "lang", "origin", "text", "source", "model")
 IMAGE_COLUMNS = ("image_id", "split", "path")
 DESCRIPTION_COLUMNS = ("image_id", "text", "model", "prompt")
@@ -213,7 +220,8 @@ def _validate_galleries(galleries: list[GalleryRow], listed: set[tuple[str, str]
         if not row.image_id:
             raise CorpusError(f"{where}: an image id is empty")
         if row.lang not in languages:
-            raise CorpusError(f"{where}: the corpus has no captions in {row.lang!r}", "drop the gallery or add the captions")
+            raise CorpusError(f"{where}: the corpus has no captions in {row.lang!r}", "drop the gallery or add the "
+                "captions")
         if (row.image_id, row.split) not in listed:
             raise CorpusError(f"{where}: image {row.image_id!r} is not listed in split {row.split!r}")
         if row in seen:
@@ -223,7 +231,11 @@ def _validate_galleries(galleries: list[GalleryRow], listed: set[tuple[str, str]
         return
     own_lists = {(row.split, row.lang) for row in seen}
     for cap in captions:
-        if cap.origin == "human" and (cap.split, cap.lang) in own_lists and GalleryRow(cap.image_id, cap.split, cap.lang) not in seen:
+        if (
+            cap.origin == "human"
+            and (cap.split, cap.lang) in own_lists
+            and GalleryRow(cap.image_id, cap.split, cap.lang) not in seen
+        ):
             raise CorpusError(
                 f"caption {cap.cap_id!r} is of image {cap.image_id!r}, which the gallery of split {cap.split!r}, "
                 f"language {cap.lang!r} lacks",
@@ -265,7 +277,7 @@ def write_corpus(
     if out.exists() and not out.is_dir():
         raise CorpusError(f"{out} exists and is not a folder", "choose another output path")
     if out.is_dir() and not is_empty_folder(out) and not overwrite:
-        raise CorpusError(f"{out} exists and is not empty", "pass --overwrite to replace it, or choose another path")
+        raise CorpusError(f"{out} exists and is not empty", output_taken_hint())
     created = not out.exists()
     try:
         with writer_lock(out):  # also drops what killed writes of this corpus left beside it
@@ -273,11 +285,17 @@ def write_corpus(
                 if fill is not None:
                     fill(folder)
                 save_string_dataset({c: [getattr(r, c) for r in images] for c in IMAGE_COLUMNS}, folder / "images")
-                save_string_dataset({c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions")
+                save_string_dataset(
+                    {c: [getattr(r, c) for r in captions] for c in CAPTION_COLUMNS}, folder / "captions"
+                )
                 if galleries:
-                    save_string_dataset({c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries")
+                    save_string_dataset(
+                        {c: [getattr(r, c) for r in galleries] for c in GALLERY_COLUMNS}, folder / "galleries"
+                    )
                 for source, rows in (descriptions or {}).items():
-                    save_string_dataset({c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source)
+                    save_string_dataset(
+                        {c: [r[c] for r in rows] for c in DESCRIPTION_COLUMNS}, folder / "descriptions" / source
+                    )
                 meta = CorpusMeta(
                     name=name,
                     modality=modality,
@@ -300,6 +318,20 @@ def _ordered_splits(splits: Iterable[str]) -> list[str]:
 
 # -------------------------------------------------------------------------- reading
 
+_CORPUS_BUILDERS = Step("data", python="leccr_cli.corpus")
+
+
+def corpus_builders() -> tuple:
+    """The steps that build a corpus, for messages: the synthetic benchmark, Multi30K or the NRCCR layout."""
+    return parts(
+        Step("data synth", python="build_synthetic"),
+        ", ",
+        Step("data import-multi30k", python="import_multi30k"),
+        " or ",
+        Step("data import-nrccr", python="import_nrccr"),
+    )
+
+
 _META_STRINGS = ("name", "modality", "media_root")
 _META_LISTS = ("languages", "splits")
 
@@ -315,7 +347,7 @@ def _shown(value) -> str:
 
 def _read_meta(raw, meta_file: Path) -> CorpusMeta:
     """Check the keys and types of corpus.json: each mistake is one line naming the file and key."""
-    rebuild = "re-create the corpus with `leccr data`"
+    rebuild = parts("re-create the corpus with ", _CORPUS_BUILDERS)
     if not isinstance(raw, dict):
         raise CorpusError(f"{meta_file}: expected a JSON object, found {_shown(raw)}", rebuild)
     known = (*_META_STRINGS, *_META_LISTS, "version")
@@ -332,7 +364,9 @@ def _read_meta(raw, meta_file: Path) -> CorpusMeta:
         value = raw[key]
         if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
             example = '["train", "val", "test"]' if key == "splits" else '["de", "en"]'
-            raise CorpusError(f"{meta_file}: key {key!r} is {_shown(value)}; expected a list of strings such as {example}")
+            raise CorpusError(
+                f"{meta_file}: key {key!r} is {_shown(value)}; expected a list of strings such as {example}"
+            )
         if len(set(value)) != len(value):
             raise CorpusError(f"{meta_file}: key {key!r} names {next(v for v in value if value.count(v) > 1)!r} twice")
     for lang in raw["languages"]:
@@ -347,7 +381,9 @@ def _read_meta(raw, meta_file: Path) -> CorpusMeta:
             "re-create the corpus with this version of leccr",
         )
     if raw["modality"] not in MODALITIES:
-        raise CorpusError(f"{meta_file}: key 'modality' is {raw['modality']!r}; expected one of {', '.join(MODALITIES)}")
+        raise CorpusError(
+            f"{meta_file}: key 'modality' is {raw['modality']!r}; expected one of {', '.join(MODALITIES)}"
+        )
     return CorpusMeta(**raw)
 
 
@@ -370,16 +406,21 @@ class Corpus:
         recover_folder(path / "descriptions")
         if not path.is_dir():
             raise CorpusError(
-                f"corpus {path}: no such folder", "build one with `leccr data synth` or `leccr data import-multi30k`"
+                f"corpus {path}: no such folder",
+                parts("build one with ", corpus_builders()),
             )
         meta_file = path / "corpus.json"
         if not meta_file.is_file():
-            raise CorpusError(f"corpus {path}: corpus.json is missing", "is this a corpus folder made by `leccr data`?")
+            raise CorpusError(
+                f"corpus {path}: corpus.json is missing",
+                parts("is this a corpus folder made by ", _CORPUS_BUILDERS, "?"),
+            )
         try:
             raw = json.loads(meta_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CorpusError(
-                f"corpus {path}: corpus.json is corrupt ({error})", "re-create the corpus with `leccr data`"
+                f"corpus {path}: corpus.json is corrupt ({error})",
+                parts("re-create the corpus with ", _CORPUS_BUILDERS),
             ) from None
         return cls(path, _read_meta(raw, meta_file))
 
@@ -407,9 +448,7 @@ class Corpus:
 
     def check_split(self, split: str) -> str:
         if split not in self.meta.splits:
-            raise CorpusError(
-                f"corpus {self.path} has no split {split!r}", f"available: {', '.join(self.meta.splits)}"
-            )
+            raise CorpusError(f"corpus {self.path} has no split {split!r}", f"available: {', '.join(self.meta.splits)}")
         return split
 
     def resolve_splits(self, text: str | None, default: Sequence[str] | None = None) -> list[str]:
@@ -421,7 +460,10 @@ class Corpus:
             return self.splits
         splits = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
         if not splits:
-            raise CorpusError(f"--split {text!r} names no split", f"use all or some of {', '.join(self.splits)}")
+            raise InvalidArgument(
+                "split", text, "names no split", f"use all or some of {', '.join(self.splits)}",
+                message=parts(Param("split", text, quote=True), " names no split"),
+            )  # fmt: skip
         return [self.check_split(s) for s in splits]
 
     def check_lang(self, lang: str) -> str:
@@ -454,10 +496,14 @@ class Corpus:
         with self.writing():
             media = [p.name for p in folder.iterdir() if not _is_table_file(p.name)]
             if media:
-                raise CorpusError(f"corpus {self.path} keeps media files in images/ (e.g. {media[0]}); images cannot be added to it")
+                raise CorpusError(
+                    f"corpus {self.path} keeps media files in images/ (e.g. {media[0]}); images cannot be added to it"
+                )
             self._images = None  # merge with what is on disk now
             merged = self.images() + new
-            galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
+            galleries = [
+                GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids
+            ]
             _validate(merged, self.captions(), self.modality, galleries)
             meta = CorpusMeta(**{**self.meta.__dict__, "splits": _ordered_splits({r.split for r in merged})})
             # the image table and the split list of corpus.json change together, also across a kill
@@ -516,9 +562,7 @@ class Corpus:
         return [image_id for image_id in self.image_ids(split) if image_id in members]
 
     # -- captions
-    def captions(
-        self, split: str | None = None, lang: str | None = None, origin: str | None = None
-    ) -> list[Caption]:
+    def captions(self, split: str | None = None, lang: str | None = None, origin: str | None = None) -> list[Caption]:
         """Caption rows in stored order, filtered by split, language and origin."""
         if self._captions is None:
             cols = _load_columns(self.path / "captions", CAPTION_COLUMNS, "captions")
@@ -558,7 +602,9 @@ class Corpus:
             if dropped:
                 existing = [c for c in existing if c.cap_id not in dropped]
             merged = existing + new
-            galleries = [GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids]
+            galleries = [
+                GalleryRow(i, split, lang) for (split, lang), ids in self._gallery_lists().items() for i in ids
+            ]
             _validate(self.images(), merged, self.modality, galleries)
             meta = CorpusMeta(**{**self.meta.__dict__, "languages": sorted({c.lang for c in merged})})
             # the captions and the language list of corpus.json change together, also across a kill
@@ -583,7 +629,7 @@ class Corpus:
             known = ", ".join(self.description_sources()) or "none"
             raise CorpusError(
                 f"corpus {self.path} has no descriptions from {source!r} (present: {known})",
-                f"write them with `leccr caption {self.path} --mllm ...`",
+                parts("write them with ", Step("caption", self.path, mllm="...", python="caption_corpus")),
             )
         return read_description_table(folder)
 
@@ -613,3 +659,12 @@ class Corpus:
         """Names of the frame-feature files under video/."""
         folder = self.path / "video"
         return sorted(f.stem for f in folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+def check_descriptions(corpus: Corpus, source: str, image_ids: Sequence[str]) -> dict[str, str]:
+    """The description of every image in `image_ids`, or a `MissingDescriptions` naming the first missing one."""
+    descriptions = corpus.descriptions(source)
+    missing = [i for i in image_ids if not descriptions.get(i, "").strip()]
+    if missing:
+        raise MissingDescriptions(corpus.path, source, missing, corpus.modality)
+    return descriptions

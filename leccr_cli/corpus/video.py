@@ -15,8 +15,27 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from leccr_cli.errors import CorpusError
+from leccr_cli.errors import CorpusError, Step, parts
 from leccr_cli.utils.fs import atomic_file
+
+
+def _import_them(what: str) -> tuple:
+    step = Step(
+        "data import-nrccr", video_feature=True, python="import_nrccr(root, out, modality='video', video_feature=NAME)"
+    )
+    return parts(f"import {what} with ", step)
+
+
+def frame_features(corpus, name: str | None = None) -> "FrameFeatures":
+    """The frame-feature set `name` of a video corpus (`video/<name>.safetensors`); its only one when `name` is None."""
+    names = corpus.video_feature_sets()
+    name = name or (names[0] if len(names) == 1 else None)
+    if name is None:
+        raise CorpusError(
+            f"video corpus {corpus.path} has frame features {names or 'none'}",
+            "set data.video_features to one of them" if names else _import_them("them"),
+        )
+    return FrameFeatures(corpus.path / "video" / f"{name}.safetensors")
 
 
 def write_frame_features(path: str | Path, ids: list[str], frames: list, dtype=None) -> None:
@@ -40,7 +59,7 @@ class FrameFeatures:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise CorpusError(f"{self.path}: no such frame-feature file", "import it with `leccr data import-nrccr --video-feature`")
+            raise CorpusError(f"{self.path}: no such frame-feature file", _import_them("it"))
         self._open()
 
     def __getstate__(self) -> dict:
@@ -98,7 +117,10 @@ def read_bigfile(folder: Path):
     shape_file, id_file, feature_file = folder / "shape.txt", folder / "id.txt", folder / "feature.bin"
     for path in (shape_file, id_file, feature_file):
         if not path.is_file():
-            raise CorpusError(f"{folder}: not a BigFile feature folder ({path.name} is missing)", "it needs shape.txt, id.txt and feature.bin")
+            raise CorpusError(
+                f"{folder}: not a BigFile feature folder ({path.name} is missing)",
+                "it needs shape.txt, id.txt and feature.bin",
+            )
     try:
         shape_text = shape_file.read_text(encoding="utf-8-sig")
         ids = id_file.read_text(encoding="utf-8-sig").split()
@@ -107,7 +129,9 @@ def read_bigfile(folder: Path):
         raise CorpusError(f"{folder}: cannot be read ({error})") from None
     fields = shape_text.split()
     if len(fields) != 2 or not all(f.isdigit() and int(f) > 0 for f in fields):
-        raise CorpusError(f"{shape_file}: expected two positive integers `<rows> <dim>`, found {shape_text.strip()[:40]!r}")
+        raise CorpusError(
+            f"{shape_file}: expected two positive integers `<rows> <dim>`, found {shape_text.strip()[:40]!r}"
+        )
     rows, dim = int(fields[0]), int(fields[1])
     if len(ids) != rows:
         raise CorpusError(f"{id_file}: {len(ids)} ids, but {shape_file} says {rows} rows")

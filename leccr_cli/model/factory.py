@@ -1,9 +1,12 @@
-"""The model factory: build LECCR from a recipe's `model` block, and load a saved model folder.
+"""The model factory: build LECCR from a recipe's `model` block (or a whole recipe and its corpus), and load a saved
+model folder.
 
 Pretrained parts load with `from_pretrained(name_or_path)` (a local folder or a Hub id);
 inline `config` mappings build tiny encoders from scratch, with a word-level tokenizer
 trained on the corpus text (the embedded demo). `load_model` rebuilds a model written by
-`LeccrModel.save_pretrained` from its folder alone.
+`LeccrModel.save_pretrained` from its folder alone, with what inference needs besides the
+weights (caption cleaning, the evaluation transform: `Preprocessing`); folders saved before
+they carried it take it from the recipe of their run.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+import yaml
+from accelerate.utils import set_seed
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model as load_weights
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -26,9 +30,20 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
-from leccr_cli.config import ModelConfig, TextConfig, VisionConfig, model_config_from_dict
-from leccr_cli.errors import ModelError, RecipeError
-from leccr_cli.utils.fs import recover
+from leccr_cli.config import (
+    RECIPE_FILE,
+    ModelConfig,
+    Recipe,
+    TextConfig,
+    VisionConfig,
+    data_config_from_dict,
+    model_config_from_dict,
+    uses_descriptions,
+)
+from leccr_cli.corpus.corpus import Corpus
+from leccr_cli.corpus.video import frame_features
+from leccr_cli.defaults import MODALITIES
+from leccr_cli.errors import ModelError, RecipeError, Step, parts
 from leccr_cli.model.layers import VideoEncoder
 from leccr_cli.model.leccr import (
     CLIP_MEAN,
@@ -37,11 +52,10 @@ from leccr_cli.model.leccr import (
     MODEL_FORMAT_VERSION,
     EncoderParts,
     LeccrModel,
-    uses_descriptions,
+    Preprocessing,
 )
 from leccr_cli.model.tokenizer import build_word_tokenizer
-
-MODALITIES = ("image", "video")
+from leccr_cli.utils.fs import recover
 
 
 def _drop_pooler(model):
@@ -150,16 +164,24 @@ def _pretrained_text(text: TextConfig):
 def _scratch_text(text: TextConfig, tokenizer_texts: Iterable[str] | None):
 
     if tokenizer_texts is None:
-        raise ModelError("model.text.config builds a text encoder from scratch: its tokenizer needs the corpus text (tokenizer_texts)")
+        raise ModelError(
+            "model.text.config builds a text encoder from scratch: its tokenizer needs the corpus text "
+            "(tokenizer_texts)"
+        )
     raw = dict(text.config)
     if "vocab_size" in raw:
-        raise ModelError("model.text.config.vocab_size: comes from the trained tokenizer; set model.text.tokenizer.vocab_size instead")
+        raise ModelError(
+            "model.text.config.vocab_size: comes from the trained tokenizer; set model.text.tokenizer.vocab_size "
+            "instead"
+        )
     model_type = raw.pop("model_type", "bert")
     tokenizer = build_word_tokenizer(
         tokenizer_texts, vocab_size=text.tokenizer.vocab_size, min_frequency=text.tokenizer.min_frequency
     )
     try:
-        hf_config = AutoConfig.for_model(model_type, **raw, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        hf_config = AutoConfig.for_model(
+            model_type, **raw, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id
+        )
     except ValueError as error:
         raise ModelError(f"model.text.config.model_type: {error}") from None
     return _drop_pooler(AutoModel.from_config(hf_config)), tokenizer
@@ -170,8 +192,7 @@ def _check_text_lengths(text: TextConfig, hf_config) -> None:
     longest = max(text.max_tokens, text.description_max_tokens)
     if positions is not None and longest > positions:
         raise ModelError(
-            f"model.text: max_tokens/description_max_tokens {longest} exceed the text encoder's "
-            f"{positions} positions",
+            f"model.text: max_tokens/description_max_tokens {longest} exceed the text encoder's {positions} positions",
             "lower them (or give the inline config a larger max_position_embeddings)",
         )
 
@@ -236,8 +257,9 @@ def build_model(
     modality: str = "image",
     frame_dim: int | None = None,
     tokenizer_texts: Iterable[str] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> LeccrModel:
-    """Build from the recipe's `model` block.
+    """Build from the recipe's `model` block (`preprocessing`: what inference needs, saved with the model).
 
     Pretrained parts via from_pretrained(name_or_path); inline `config` mappings build encoders
     from scratch (the text tokenizer is trained on `tokenizer_texts`, required then).
@@ -252,7 +274,10 @@ def build_model(
             "set model.description_encoder: frozen to encode descriptions with another encoder",
         )
     if modality == "video" and frame_dim is None:
-        raise ModelError("a video model needs the frame-feature width (frame_dim)", "set data.video_features to a frame-feature file of the corpus")
+        raise ModelError(
+            "a video model needs the frame-feature width (frame_dim)",
+            "set data.video_features to a frame-feature file of the corpus",
+        )
 
     if config.text.config is not None:
         text_model, tokenizer = _scratch_text(config.text, tokenizer_texts)
@@ -277,7 +302,36 @@ def build_model(
         _check_heads(config.heads, visual_width, "model.heads", what)
     if config.description_encoder == "frozen" and uses_descriptions(config):
         parts.description = _frozen_description_encoder(config, text_model, tokenizer)
-    return LeccrModel(config, parts, modality)
+    return LeccrModel(config, parts, modality, preprocessing)
+
+
+def tokenizer_texts(corpus: Corpus, recipe: Recipe) -> list[str]:
+    """Texts a from-scratch tokenizer is trained on: training captions and (when read) descriptions."""
+    split = recipe.data.train_split
+    langs = {recipe.data.source_lang, *recipe.data.target_langs}
+    texts = [c.text for c in corpus.captions(split) if c.lang in langs]
+    if uses_descriptions(recipe.model) and recipe.data.descriptions in corpus.description_sources():
+        train_ids = set(corpus.image_ids(split))
+        texts += [
+            text for image_id, text in corpus.descriptions(recipe.data.descriptions).items() if image_id in train_ids
+        ]
+    return texts
+
+
+def build_model_for(recipe: Recipe, corpus: Corpus) -> LeccrModel:
+    """The model exactly as `train` builds it from a recipe: the same seed, the same tokenizer texts.
+
+    build-slots relies on this: a from-scratch frozen description encoder is a random init.
+    """
+    set_seed(recipe.seed)
+    frame_dim = frame_features(corpus, recipe.data.video_features).dim if corpus.modality == "video" else None
+    return build_model(
+        recipe.model,
+        modality=corpus.modality,
+        frame_dim=frame_dim,
+        tokenizer_texts=tokenizer_texts(corpus, recipe) if recipe.model.text.config is not None else None,
+        preprocessing=Preprocessing.of(recipe.data),
+    )
 
 
 def _parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any], text_device=None) -> EncoderParts:
@@ -303,50 +357,100 @@ def _parts_from_folder(config: ModelConfig, folder: Path, meta: dict[str, Any], 
         else:
             parts.video = _video_encoder(config, meta["frame_dim"])
         if (folder / "description_encoder").is_dir():
-            parts.description = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(folder / "description_encoder")))
+            parts.description = _drop_pooler(
+                AutoModel.from_config(AutoConfig.from_pretrained(folder / "description_encoder"))
+            )
     except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"model {folder}: incomplete or unreadable ({error})", "give the model/ folder of a finished leccr run") from None
+        raise ModelError(
+            f"model {folder}: incomplete or unreadable ({error})", "give the model/ folder of a finished leccr run"
+        ) from None
     return parts
 
 
-def _read_model_folder(folder: Path) -> tuple[dict[str, Any], ModelConfig]:
-    """(config.json, model config) of a model folder written by `LeccrModel.save_pretrained`."""
+def _read_model_folder(folder: Path) -> tuple[dict[str, Any], ModelConfig, Preprocessing]:
+    """(config.json, model config, preprocessing) of a model folder written by `LeccrModel.save_pretrained`."""
     recover(folder)  # finish a replacement of the folder cut short by a kill
     meta_file = folder / "config.json"
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ModelError(f"model {folder}: cannot read config.json ({error})", "is this a folder written by leccr train?") from None
+        written_by = parts("is this a folder written by ", Step("train", python="train"), "?")
+        raise ModelError(f"model {folder}: cannot read config.json ({error})", written_by) from None
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ModelError(f"model {folder}: config.json is not a leccr model", "give the model/ folder of a leccr run")
     if meta.get("version") != MODEL_FORMAT_VERSION:
         raise ModelError(
-            f"model {folder}: format version {meta.get('version')} is not supported (this leccr reads {MODEL_FORMAT_VERSION})"
+            f"model {folder}: format version {meta.get('version')} is not supported (this leccr reads "
+            f"{MODEL_FORMAT_VERSION})"
         )
     try:
         config = model_config_from_dict(meta.get("model"), str(meta_file))
+        preprocessing = _preprocessing(folder, meta)
     except RecipeError as error:
         raise ModelError(f"model {folder}: {error}", "was it written by another version of leccr?") from None
-    return meta, config
+    return meta, config, preprocessing
+
+
+def _preprocessing(folder: Path, meta: dict[str, Any]) -> Preprocessing:
+    """The model's preprocessing: from config.json, or (models saved before it held it) from its run's recipe."""
+    saved = meta.get("preprocessing")
+    if saved is None:
+        recipe_file = folder.parent / RECIPE_FILE
+        if not recipe_file.is_file():
+            return Preprocessing()
+        saved = yaml.safe_load(recipe_file.read_text(encoding="utf-8")).get("data") or {}
+        saved = {key: saved[key] for key in Preprocessing.__dataclass_fields__ if key in saved}
+        source = str(recipe_file)
+    else:
+        source = str(folder / "config.json")
+    if not isinstance(saved, dict):
+        raise RecipeError(f"{source}: preprocessing: expected a mapping, got {saved!r}")
+    return Preprocessing.of(
+        data_config_from_dict(saved, source, "preprocessing" if meta.get("preprocessing") else "data")
+    )
+
+
+def _load_weights(
+    model: LeccrModel, folder: Path, prefixes: tuple[str, ...] | None = None, device: str | torch.device = "cpu"
+) -> None:
+    """Copy the weights of model.safetensors (those under `prefixes`, or all) into the model's own tensors.
+
+    Copying, never adopting the file's buffers, keeps every parameter in storage the model
+    allocated itself: the same memory layout, so the same kernels and the same numbers
+    whichever parts are loaded.
+    """
+    weights = folder / "model.safetensors"
+    wanted = {key for key in model.state_dict() if prefixes is None or key.startswith(prefixes)}
+    try:
+        with safe_open(str(weights), framework="pt", device=str(device)) as handle:
+            found = {key: handle.get_tensor(key) for key in handle.keys() if key in wanted or prefixes is None}
+    except FileNotFoundError:
+        raise ModelError(
+            f"model {folder}: {weights.name} is missing", "give the model/ folder of a finished leccr run"
+        ) from None
+    except (OSError, SafetensorError) as error:
+        raise ModelError(
+            f"model {folder}: {weights.name} is damaged or truncated ({error})",
+            "copy the folder again, or use another model folder (a run's checkpoints hold earlier weights)",
+        ) from None
+    if set(found) != wanted:
+        missing, unexpected = sorted(wanted - set(found)), sorted(set(found) - wanted)
+        raise ModelError(
+            f"model {folder}: model.safetensors does not fit config.json (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]})"
+        )
+    try:
+        model.load_state_dict(found, strict=prefixes is None)
+    except RuntimeError as error:
+        raise ModelError(f"model {folder}: model.safetensors does not fit config.json ({error})") from None
 
 
 def load_model(folder: str | Path) -> LeccrModel:
     """Rebuild a model saved by `LeccrModel.save_pretrained` from that folder alone (no Hub access)."""
     folder = Path(folder)
-    meta, config = _read_model_folder(folder)
-    model = LeccrModel(config, _parts_from_folder(config, folder, meta), meta["modality"])
-    weights = folder / "model.safetensors"
-    try:
-        load_weights(model, str(weights))
-    except SafetensorError as error:
-        raise ModelError(
-            f"model {folder}: {weights.name} is damaged or truncated ({error})",
-            "copy the folder again, or use another model folder (a run's checkpoints hold earlier weights)",
-        ) from None
-    except FileNotFoundError:
-        raise ModelError(f"model {folder}: {weights.name} is missing", "give the model/ folder of a finished leccr run") from None
-    except (OSError, RuntimeError) as error:
-        raise ModelError(f"model {folder}: model.safetensors does not fit config.json ({error})") from None
+    meta, config, preprocessing = _read_model_folder(folder)
+    model = LeccrModel(config, _parts_from_folder(config, folder, meta), meta["modality"], preprocessing)
+    _load_weights(model, folder)
     model.source_folder = folder
     return model
 
@@ -358,24 +462,18 @@ def load_query_model(folder: str | Path, device: str | torch.device = "cpu") -> 
     """The query side of a saved model: tokenizer, text encoder and text head, on `device`.
 
     For search, which embeds texts only: the image side (vision tower or video encoder,
-    description encoder, slots, interaction) is built on the meta device, so it takes no
-    memory and its weights are never read; `embed_texts` and `score` work, `embed_images`
-    does not.
+    description encoder, slots, interaction) stays on the meta device, so it takes no memory
+    and its weights are never read; `embed_texts` and `score` work, `embed_images` does not.
+    The text side is loaded as `load_model` loads it, so it gives the same numbers.
     """
     folder = Path(folder)
-    meta, config = _read_model_folder(folder)
+    meta, config, preprocessing = _read_model_folder(folder)
     with torch.device("meta"):
-        parts = _parts_from_folder(config, folder, meta, text_device="cpu")
-        model = LeccrModel(config, parts, meta["modality"])
-    try:
-        with safe_open(str(folder / "model.safetensors"), framework="pt", device=str(device)) as handle:
-            weights = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(QUERY_PARTS)}
-    except (OSError, SafetensorError) as error:
-        raise ModelError(f"model {folder}: cannot read model.safetensors ({error})") from None
-    expected = {key for key in model.state_dict() if key.startswith(QUERY_PARTS)}
-    if set(weights) != expected:
-        raise ModelError(f"model {folder}: model.safetensors does not fit config.json (text encoder or head differ)")
+        parts_ = _parts_from_folder(config, folder, meta, text_device="cpu")
+        model = LeccrModel(config, parts_, meta["modality"], preprocessing)
+    model.text_head.to_empty(device="cpu")
     model.text_encoder.to(device)
-    model.load_state_dict(weights, strict=False, assign=True)
+    model.text_head.to(device)
+    _load_weights(model, folder, QUERY_PARTS, device)
     model.source_folder = folder
     return model.eval()

@@ -27,16 +27,24 @@ class CrossAttentionLayer(nn.Module):
         hidden = mlp_ratio * dim
         self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         # the Linear layers keep the names mlp.0 and mlp.2 of models saved before dropout existed
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Sequential(nn.GELU(), _dropout(dropout)), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.Sequential(nn.GELU(), _dropout(dropout)), nn.Linear(hidden, dim)
+        )
         self.dropout = _dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(
-        self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None, weights: list | None = None
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None = None,
+        weights: list | None = None,
     ) -> torch.Tensor:
         """`weights`, when given, receives the attention weights [B, Lq, Lk] (averaged over heads)."""
         padding = None if memory_mask is None else ~memory_mask
-        attended, attention = self.attention(query, memory, memory, key_padding_mask=padding, need_weights=weights is not None)
+        attended, attention = self.attention(
+            query, memory, memory, key_padding_mask=padding, need_weights=weights is not None
+        )
         if weights is not None:
             weights.append(attention)
         return self.norm(query + self.dropout(self.mlp(attended)))
@@ -50,7 +58,11 @@ class CrossAttention(nn.Module):
         self.layers = nn.ModuleList(CrossAttentionLayer(dim, heads, mlp_ratio, dropout) for _ in range(layers))
 
     def forward(
-        self, query: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None, weights: list | None = None
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None = None,
+        weights: list | None = None,
     ) -> torch.Tensor:
         """`weights`, when given, receives every layer's attention weights (see `CrossAttentionLayer`)."""
         for layer in self.layers:
@@ -99,11 +111,19 @@ class VideoEncoder(nn.Module):
         self.positions = nn.Parameter(torch.randn(max_frames, self.width) * 0.02) if positions else None
         self.layers = nn.ModuleList(CrossAttentionLayer(self.width, heads, mlp_ratio, dropout) for _ in range(layers))
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, count = frames.shape[:2]
         if count > self.max_frames:
-            raise ModelError(f"got {count} frames per video, the model takes at most model.video.max_frames={self.max_frames}")
-        mask = torch.ones(batch, count, dtype=torch.bool, device=frames.device) if frame_mask is None else frame_mask.bool()
+            raise ModelError(
+                f"got {count} frames per video, the model takes at most model.video.max_frames={self.max_frames}"
+            )
+        mask = (
+            torch.ones(batch, count, dtype=torch.bool, device=frames.device)
+            if frame_mask is None
+            else frame_mask.bool()
+        )
         dtype = self.layers[0].norm.weight.dtype
         hidden = frames.to(dtype) if self.input is None else self.input(frames.to(dtype))
         if self.positions is not None:

@@ -19,11 +19,21 @@ import torch.nn.functional as F
 from safetensors.torch import save_model
 from torch import nn
 
-from leccr_cli.config import LossConfig, ModelConfig
+from leccr_cli.config import (
+    RECIPE_FILE,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    check_slot_embeddings,
+    uses_descriptions,
+    uses_slot_embeddings,
+)
+from leccr_cli.defaults import DESCRIPTIONS, MAX_WORDS, EvalTransform, StripPunctuation
 from leccr_cli.errors import ModelError
-from leccr_cli.utils.fs import atomic_directory
 from leccr_cli.model import losses
 from leccr_cli.model.layers import CrossAttention, masked_mean
+from leccr_cli.utils.fs import atomic_directory
+from leccr_cli.utils.text import TextCleaning
 
 MODEL_FORMAT = "leccr-model"
 MODEL_FORMAT_VERSION = 1
@@ -48,17 +58,6 @@ def image_inputs(batch: dict) -> dict:
     return {key: batch.get(key) for key in IMAGE_INPUTS}
 
 
-def uses_descriptions(config: ModelConfig) -> bool:
-    """Whether the recipe's switches leave anything that reads the descriptions."""
-    return config.variant == "leccr" and (
-        config.interaction
-        or config.multi_level_matching
-        or config.english_guidance
-        or config.description_vision
-        or config.slot_diversity
-    )
-
-
 def best_slot_scores(per_slot: torch.Tensor, slot_mask: torch.Tensor | None) -> torch.Tensor:
     """[T, I] the best slot of each image from [T, I, K] per-slot similarities (padded slots, mask False, never win)."""
     if slot_mask is not None:
@@ -71,9 +70,25 @@ def fuse_scores(global_scores: torch.Tensor, slot_scores: torch.Tensor, fusion: 
     return fusion * global_scores + (1 - fusion) * slot_scores.to(global_scores.dtype)
 
 
-def uses_slot_embeddings(config: ModelConfig) -> bool:
-    """Whether the slot embeddings m̂ (multi-level matching, English guidance, --fusion) exist."""
-    return config.variant == "leccr" and (config.multi_level_matching or config.english_guidance)
+@dataclass(frozen=True)
+class Preprocessing:
+    """What using the model needs besides its weights, saved with it (`config.json`): caption cleaning, the
+    evaluation image transform and the description source it was trained with (a recipe's `data` keys)."""
+
+    lowercase: bool = True
+    strip_punctuation: StripPunctuation = "unicode"
+    max_words: int = MAX_WORDS
+    eval_transform: EvalTransform = "center_crop"
+    descriptions: str = DESCRIPTIONS
+
+    @classmethod
+    def of(cls, data: DataConfig) -> "Preprocessing":
+        """The preprocessing a recipe's `data` block gives."""
+        return cls(data.lowercase, data.strip_punctuation, data.max_words, data.eval_transform, data.descriptions)
+
+    @property
+    def text_cleaning(self) -> TextCleaning:
+        return TextCleaning(self.lowercase, self.strip_punctuation, self.max_words)
 
 
 @dataclass
@@ -116,7 +131,11 @@ class ImageEmbeddings:
         slots, masks = [], []
         for p in parts:
             extra = longest - p.slot_embeds.shape[1]
-            mask = p.slot_mask if p.slot_mask is not None else p.slot_embeds.new_ones(p.slot_embeds.shape[:2], dtype=torch.bool)
+            mask = (
+                p.slot_mask
+                if p.slot_mask is not None
+                else p.slot_embeds.new_ones(p.slot_embeds.shape[:2], dtype=torch.bool)
+            )
             slots.append(F.pad(p.slot_embeds, (0, 0, 0, extra)))
             masks.append(F.pad(mask, (0, extra), value=False))
         return ImageEmbeddings(global_embeds, torch.cat(slots), torch.cat(masks))
@@ -148,10 +167,17 @@ class EncoderParts:
 class LeccrModel(nn.Module):
     """Two-stream LECCR (or the plain baseline) built from the recipe's `model` block."""
 
-    def __init__(self, config: ModelConfig, parts: EncoderParts, modality: str = "image"):
+    def __init__(
+        self,
+        config: ModelConfig,
+        parts: EncoderParts,
+        modality: str = "image",
+        preprocessing: Preprocessing | None = None,
+    ):
         super().__init__()
         self.config = config
         self.modality = modality
+        self.preprocessing = preprocessing or Preprocessing()
         self.tokenizer = parts.tokenizer
         self.frame_dim = parts.frame_dim
         self.image_mean = tuple(parts.image_mean)
@@ -209,7 +235,9 @@ class LeccrModel(nn.Module):
         that nothing else trains keep their initial weights (frozen, so DDP sees no unused parameter)."""
         config = self.config
         untrained = []
-        if not (config.interaction or config.multi_level_matching or config.description_vision or config.slot_diversity):
+        if not (
+            config.interaction or config.multi_level_matching or config.description_vision or config.slot_diversity
+        ):
             untrained += [self.description_projection, getattr(self, "slot_generator", None)]
             if config.slots:
                 self.slot_queries.requires_grad_(False)
@@ -219,6 +247,14 @@ class LeccrModel(nn.Module):
             module.requires_grad_(False)
 
     # ------------------------------------------------------------------ housekeeping
+
+    @property
+    def run_folder(self) -> Path | None:
+        """The run folder this model was loaded from (the folder holding its `model/` and a recipe), if any."""
+        folder = self.source_folder
+        if folder is not None and (Path(folder).parent / RECIPE_FILE).is_file():
+            return Path(folder).parent
+        return None
 
     def train(self, mode: bool = True) -> "LeccrModel":
         super().train(mode)
@@ -249,9 +285,7 @@ class LeccrModel(nn.Module):
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         """input_ids and attention_mask, padded to the longest text, truncated to max_length."""
-        encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
+        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -264,7 +298,9 @@ class LeccrModel(nn.Module):
             pooled = hidden[:, 0]
         return F.normalize(self.text_head(pooled), dim=-1)
 
-    def encode_descriptions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_descriptions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """F_c(description): token features [B, L, d_desc] and a bool mask [B, L], without gradient.
 
         shared mode: the live text encoder; frozen mode: the frozen description encoder
@@ -282,7 +318,9 @@ class LeccrModel(nn.Module):
         averaged over heads (rows sum to 1; padding gets 0). Only models with slots have it.
         """
         if not (self.reads_descriptions and self.config.slots):
-            raise ModelError("this model has no semantic slots (a baseline, model.slots: false, or no component reads them)")
+            raise ModelError(
+                "this model has no semantic slots (a baseline, model.slots: false, or no component reads them)"
+            )
         memory, mask = self._description_memory(description_ids, description_mask, None, None)
         queries = self.slot_queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
         weights: list[torch.Tensor] = []
@@ -300,7 +338,9 @@ class LeccrModel(nn.Module):
         if pixel_values is None:
             raise ModelError("this is an image model: give pixel_values [B, 3, H, W]")
         tower = self.vision.vision_model
-        hidden = tower(pixel_values=pixel_values, interpolate_pos_encoding=self.interpolate_pos_encoding).last_hidden_state
+        hidden = tower(
+            pixel_values=pixel_values, interpolate_pos_encoding=self.interpolate_pos_encoding
+        ).last_hidden_state
         return self.vision.visual_projection(tower.post_layernorm(hidden)), None
 
     def _description_memory(self, ids, mask, features, features_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,7 +395,9 @@ class LeccrModel(nn.Module):
         if self.config.interaction:
             visual = self.visual_over_slots(tokens, slots, slot_mask)
             state["global"] = self._global_embedding(visual, token_mask)
-            slot_states = self.slots_over_visual(slots, tokens, token_mask) if uses_slot_embeddings(self.config) else None
+            slot_states = (
+                self.slots_over_visual(slots, tokens, token_mask) if uses_slot_embeddings(self.config) else None
+            )
         else:
             state["global"] = self._global_embedding(tokens, token_mask)
             slot_states = slots
@@ -394,11 +436,7 @@ class LeccrModel(nn.Module):
 
     def slot_scores(self, text_embeds: torch.Tensor, images: ImageEmbeddings) -> torch.Tensor:
         """[T, I] best-slot similarities max_k m̂_{i,k}·h_t (padded slots never win)."""
-        if images.slot_embeds is None:
-            raise ModelError(
-                "--fusion needs slot embeddings; this model has none "
-                "(baseline, or multi_level_matching and english_guidance both off)"
-            )
+        check_slot_embeddings(images.slot_embeds is not None)
         per_slot = torch.einsum("ikd,td->tik", images.slot_embeds, text_embeds.to(images.slot_embeds.dtype))
         return best_slot_scores(per_slot, images.slot_mask)
 
@@ -469,6 +507,7 @@ class LeccrModel(nn.Module):
             "image_std": list(self.image_std),
             "image_size": self.image_size,
             "interpolate_pos_encoding": self.interpolate_pos_encoding,
+            "preprocessing": dataclasses.asdict(self.preprocessing),
             "model": dataclasses.asdict(self.config),
         }
         with atomic_directory(Path(folder), overwrite=True) as temporary:

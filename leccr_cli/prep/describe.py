@@ -33,12 +33,15 @@ from PIL import Image
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
-from leccr_cli.utils.console import RateColumn, progress
+from rich.console import Console
+
 from leccr_cli.corpus.corpus import DESCRIPTION_COLUMNS, Corpus
 from leccr_cli.corpus.importers.descriptions import check_description_name
+from leccr_cli.defaults import CAPTION_BATCH_SIZE, CAPTION_FRAMES, CAPTION_SHARD_SIZE, MAX_NEW_TOKENS, ON_ERROR, OnError
+from leccr_cli.errors import CorpusError, InvalidArgument, LeccrError, ModelError, Param, at_least, one_of, parts
 from leccr_cli.prep.shards import ShardStore
-from leccr_cli.utils.devices import process_state, resolve_dtype, select_device
-from leccr_cli.errors import CorpusError, LeccrError, ModelError
+from leccr_cli.utils.console import RateColumn, progress
+from leccr_cli.utils.devices import is_main_process, process_state, resolve_dtype, select_device
 from leccr_cli.utils.fs import disk_full_reported
 
 if TYPE_CHECKING:
@@ -57,7 +60,9 @@ class Backend:
 
 MLLMS: dict[str, Backend] = {
     "llava": Backend("llava-hf/llava-1.5-7b-hf", "LlavaForConditionalGeneration", ("llava",), True),
-    "llava-next": Backend("llava-hf/llava-v1.6-mistral-7b-hf", "LlavaNextForConditionalGeneration", ("llava_next",), True),
+    "llava-next": Backend(
+        "llava-hf/llava-v1.6-mistral-7b-hf", "LlavaNextForConditionalGeneration", ("llava_next",), True
+    ),
     "auto": Backend(None, "AutoModelForImageTextToText", None, False),
 }
 
@@ -78,11 +83,6 @@ DEFAULT_VIDEO_PROMPT = (
     "there are of each, where they are, what they do and how it changes over time, and the setting (place, "
     "background, time of day, weather). Describe only what is visible."
 )
-DEFAULT_FRAMES = 4
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_NEW_TOKENS = 256
-DEFAULT_SHARD_SIZE = 64
-ON_ERROR = ("stop", "skip")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -103,10 +103,8 @@ class Describer(Protocol):
 
 def get_backend(mllm: str) -> Backend:
     """The backend called `mllm`; an unknown name lists the known ones."""
-    try:
-        return MLLMS[mllm]
-    except KeyError:
-        raise LeccrError(f"--mllm {mllm!r} is not a known backend", f"use one of {', '.join(MLLMS)}") from None
+    one_of("mllm", mllm, list(MLLMS), what="is not a known backend")
+    return MLLMS[mllm]
 
 
 def _model_type(model_id: str) -> str:
@@ -115,7 +113,9 @@ def _model_type(model_id: str) -> str:
     except (OSError, ValueError) as error:
         where = "folder" if Path(model_id).exists() else "Hub id (is the Hub reachable? offline, give a local folder)"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"--model {model_id}: cannot read a model config from this {where}: {reason}") from None
+        raise ModelError(
+            parts(Param("model", model_id), f": cannot read a model config from this {where}: {reason}")
+        ) from None
 
 
 def open_describer(
@@ -124,7 +124,7 @@ def open_describer(
     *,
     device: str | None = None,
     dtype: str = "auto",
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> "HFDescriber":
     """Check the model's config and processor and return a describer that loads the weights on first use.
 
@@ -132,25 +132,28 @@ def open_describer(
     or fp16 on a GPU, fp32 on the CPU.
     """
     backend = get_backend(mllm)
-    if max_new_tokens < 1:
-        raise LeccrError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
+    at_least("max_new_tokens", max_new_tokens)
     model_id = model or backend.default_model
     if model_id is None:
-        raise LeccrError(
-            f"--mllm {mllm} needs --model", "give a Hub id such as Qwen/Qwen2-VL-2B-Instruct or a local model folder"
+        raise InvalidArgument(
+            "model",
+            None,
+            "a Hub id or a local model folder",
+            "give a Hub id such as Qwen/Qwen2-VL-2B-Instruct or a local model folder",
+            message=parts(Param("mllm", mllm), " needs ", Param("model")),
         )
     if Path(model_id).exists():
         model_id = str(Path(model_id).resolve())
     model_type = _model_type(model_id)
     if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise ModelError(
-            f"--model {model_id} is a {model_type!r} model, not an image-text-to-text model",
+            parts(Param("model", model_id), f" is a {model_type!r} model, not an image-text-to-text model"),
             "give a multimodal LLM such as llava-hf/llava-1.5-7b-hf or Qwen/Qwen2-VL-2B-Instruct",
         )
     if backend.model_types is not None and model_type not in backend.model_types:
         raise ModelError(
-            f"--model {model_id} is a {model_type!r} model, which --mllm {mllm} cannot load",
-            "use --mllm auto for any image-text-to-text model",
+            parts(Param("model", model_id), f" is a {model_type!r} model, which ", Param("mllm", mllm), " cannot load"),
+            parts("use ", Param("mllm", "auto"), " for any image-text-to-text model"),
         )
     chosen = select_device(device)
     return HFDescriber(
@@ -181,11 +184,13 @@ class HFDescriber:
         try:
             self.processor = transformers.AutoProcessor.from_pretrained(model_id)
         except (OSError, ValueError) as error:
-            raise ModelError(f"--model {model_id}: cannot load its processor ({error})") from None
+            raise ModelError(parts(Param("model", model_id), f": cannot load its processor ({error})")) from None
         if getattr(self.processor, "chat_template", None) is None and not backend.fallback_prompt_format:
             raise ModelError(
-                f"--model {model_id}: its processor has no chat template, so the prompt cannot be formatted",
-                "use a chat/instruct model, or --mllm llava for LLaVA-1.5-style models",
+                parts(
+                    Param("model", model_id), ": its processor has no chat template, so the prompt cannot be formatted"
+                ),
+                parts("use a chat/instruct model, or ", Param("mllm", "llava"), " for LLaVA-1.5-style models"),
             )
         tokenizer = self.processor.tokenizer
         tokenizer.padding_side = "left"  # generation continues every row from its last real token
@@ -201,7 +206,7 @@ class HFDescriber:
                 self.model_id, dtype=self.dtype, device_map=self.device
             )
         except (OSError, ValueError) as error:
-            raise ModelError(f"--model {self.model_id}: cannot load it ({error})") from None
+            raise ModelError(parts(Param("model", self.model_id), f": cannot load it ({error})")) from None
         if model.generation_config.pad_token_id is None:
             model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
         self.model = model.eval()
@@ -268,7 +273,7 @@ def load_pictures(path: Path, frames: int | None) -> list["Picture"]:
 
 
 class FailedImage(NamedTuple):
-    """An item that could not be read (`--on-error skip`)."""
+    """An item that could not be read (`on_error="skip"`)."""
 
     image_id: str
     path: str
@@ -295,7 +300,16 @@ class CaptionReport:
 def check_prompt(prompt: str) -> str:
     """Refuse an empty prompt, or one that already holds the image placeholder leccr adds."""
     if not prompt or not prompt.strip():
-        raise LeccrError("the prompt is empty", "give a non-empty --prompt or --prompt-file, or leave both out for the default")
+        raise LeccrError(
+            "the prompt is empty",
+            parts(
+                "give a non-empty ",
+                Param("prompt"),
+                " or ",
+                Param("prompt_file"),
+                ", or leave both out for the default",
+            ),
+        )
     if "<image>" in prompt:
         raise LeccrError("the prompt contains '<image>'", "leave the image placeholder out; leccr adds one per picture")
     return prompt.strip()
@@ -306,7 +320,9 @@ def shard_folder(corpus: Corpus, source: str) -> Path:
     return corpus.path / "descriptions" / f".{source}.shards"
 
 
-def _check_final(rows: list[dict], folder: Path, model_id: str, prompt: str, recorded: dict | None, settings: dict) -> None:
+def _check_final(
+    rows: list[dict], folder: Path, model_id: str, prompt: str, recorded: dict | None, settings: dict
+) -> None:
     """Refuse to add rows to descriptions made with another model, prompt or generation setting."""
     other = next((r for r in rows if (r["model"], r["prompt"]) != (model_id, prompt)), None)
     what = None
@@ -315,15 +331,19 @@ def _check_final(rows: list[dict], folder: Path, model_id: str, prompt: str, rec
     elif rows and recorded is not None:
         differing = [key for key in settings if recorded.get(key) != settings[key]]
         if differing:
-            what = "other settings (" + ", ".join(f"{_OPTION_NAMES.get(k, k)} {recorded.get(k)}" for k in differing) + ")"
+            what = parts(
+                "other settings (",
+                *[(", " if i else "", Param(k, recorded.get(k))) for i, k in enumerate(differing)],
+                ")",
+            )
     if what is not None:
         raise LeccrError(
-            f"{folder} holds descriptions made with {what}",
-            "rerun with the same settings, pass --overwrite to describe every image again, or --name to write another description source",
-        )
-
-
-_OPTION_NAMES = {"max_new_tokens": "--max-new-tokens", "frames": "--frames"}
+            parts(f"{folder} holds descriptions made with ", what),
+            parts(
+                "rerun with the same settings, pass ", Param("overwrite", True), " to describe every image again, or ",
+                Param("source"), " to write another description source",
+            ),
+        )  # fmt: skip
 
 
 def _describe_share(
@@ -354,13 +374,14 @@ def _describe_share(
                     if on_error == "stop":
                         raise CorpusError(
                             f"image {image_id!r} at {gallery[image_id]}: cannot read it ({error})",
-                            "fix or remove the file, or pass --on-error skip; a rerun resumes",
+                            parts("fix or remove the file, or pass ", Param("on_error", "skip"), "; a rerun resumes"),
                         ) from None
                     failed.append(FailedImage(image_id, str(gallery[image_id]), str(error)))
             if batch:
                 texts = describer.describe(pictures, prompt)
                 pending.extend(
-                    {"image_id": i, "text": t, "model": describer.model_id, "prompt": prompt} for i, t in zip(batch, texts)
+                    {"image_id": i, "text": t, "model": describer.model_id, "prompt": prompt}
+                    for i, t in zip(batch, texts)
                 )
                 described += len(batch)
             if len(pending) >= shard_size:
@@ -381,12 +402,12 @@ def caption_corpus(
     splits: Sequence[str] | None = None,
     prompt: str | None = None,
     frames: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = CAPTION_BATCH_SIZE,
     limit: int | None = None,
     overwrite: bool = False,
-    on_error: str = "stop",
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    show_progress: bool = True,
+    on_error: OnError = "stop",
+    shard_size: int = CAPTION_SHARD_SIZE,
+    console: Console | None = None,
 ) -> CaptionReport:
     """Describe the images of `splits` (default: all) into `descriptions/<source>/`, resumably.
 
@@ -398,19 +419,20 @@ def caption_corpus(
     the model takes several pictures, else the middle frame. `limit` caps how many images
     this run describes. An unreadable image stops the run (`on_error="stop"`, naming its id
     and path) or is listed in `report.failed` (`"skip"`). Runs under `torchrun`/`accelerate
-    launch` split the work between processes.
+    launch` split the work between processes. Progress goes to `console`.
     """
     source = check_description_name(source)
-    for name, value in (("--batch-size", batch_size), ("--limit", limit), ("--frames", frames), ("shard size", shard_size)):
-        if value is not None and value < 1:
-            raise LeccrError(f"{name} {value}: must be at least 1")
-    if on_error not in ON_ERROR:
-        raise LeccrError(f"--on-error {on_error!r} is not supported", f"use one of {', '.join(ON_ERROR)}")
+    for name, value in (("batch_size", batch_size), ("limit", limit), ("frames", frames), ("shard_size", shard_size)):
+        at_least(name, value)
+    one_of("on_error", on_error, ON_ERROR)
     video = corpus.modality == "video"
     if frames is not None and not video:
-        raise LeccrError(f"--frames applies to video corpora; {corpus.path} is an image corpus", "leave --frames out")
+        raise InvalidArgument(
+            "frames", frames, "video corpora only", parts("leave ", Param("frames"), " out"),
+            message=parts(Param("frames"), f" applies to video corpora; {corpus.path} is an image corpus"),
+        )  # fmt: skip
     if video:
-        frames = (frames or DEFAULT_FRAMES) if describer.multi_image else 1
+        frames = (frames or CAPTION_FRAMES) if describer.multi_image else 1
     if prompt is None:
         prompt = DEFAULT_VIDEO_PROMPT if video and frames > 1 else DEFAULT_IMAGE_PROMPT
     prompt = check_prompt(prompt)
@@ -418,11 +440,13 @@ def caption_corpus(
     gallery: dict[str, Path] = {}
     for row in corpus.images():
         gallery.setdefault(row.image_id, corpus.media_root / row.path)
-    chosen = list(dict.fromkeys(image_id for split in (splits or corpus.splits) for image_id in corpus.image_ids(split)))
+    chosen = list(
+        dict.fromkeys(image_id for split in (splits or corpus.splits) for image_id in corpus.image_ids(split))
+    )
 
-    state = process_state()
+    state = process_state(getattr(describer, "device", None))
     on_full = f"finished batches are kept in {shard_folder(corpus, source)}; rerun the same command to go on"
-    lock = corpus.writing() if state.is_main_process else contextlib.nullcontext()
+    lock = corpus.writing() if is_main_process() else contextlib.nullcontext()
     with lock, disk_full_reported(corpus.path, on_full):
         final = corpus.path / "descriptions" / source
         generation = {"frames": frames, "max_new_tokens": describer.max_new_tokens}
@@ -432,7 +456,7 @@ def caption_corpus(
         kept = [] if overwrite or not final.is_dir() else corpus.description_rows(source)
         _check_final(kept, final, describer.model_id, prompt, corpus.description_settings(source), generation)
         state.wait_for_everyone()
-        if state.is_main_process:
+        if is_main_process():
             shards.start()
         state.wait_for_everyone()
         done = {row["image_id"] for row in kept} | {row["image_id"] for row in shards.rows()}
@@ -441,19 +465,26 @@ def caption_corpus(
         state.wait_for_everyone()  # nobody writes a shard before every process has read the done set
 
         with state.split_between_processes(todo) as mine:
-            bar = progress(RateColumn("images"), disable=not (show_progress and state.is_main_process))
+            bar = progress(console, RateColumn("images"))
             with bar:
                 task = bar.add_task(f"Describing ({source})", total=len(mine))
                 described, failed = _describe_share(
-                    mine, gallery, describer, prompt, frames, batch_size, on_error,
+                    mine,
+                    gallery,
+                    describer,
+                    prompt,
+                    frames,
+                    batch_size,
+                    on_error,
                     write=lambda rows: shards.write(uuid.uuid4().hex[:16], rows),
-                    shard_size=shard_size, advance=lambda n: bar.advance(task, n),
+                    shard_size=shard_size,
+                    advance=lambda n: bar.advance(task, n),
                 )
 
         failed = [f for part in gather_object([failed]) for f in part]
         described = sum(gather_object([described]))
         state.wait_for_everyone()
-        if state.is_main_process:
+        if is_main_process():
             new_rows = shards.rows()
             if new_rows or overwrite or not final.is_dir():
                 merged = {row["image_id"]: row for row in kept}

@@ -1,11 +1,12 @@
-"""Resumable work in shards: the one helper behind `leccr caption` and `leccr translate`.
+"""Resumable work in shards: the one helper behind captioning, translation and the index.
 
-A long writer keeps its finished work in a hidden folder as small HF datasets (shards), each
-written atomically, beside a `settings.json` that records how the work was made (model,
+A long writer keeps its finished work in a hidden folder as shards, each written atomically:
+small HF datasets of string columns (descriptions, translations) or safetensors files with
+metadata (index batches), beside a `settings.json` that records how the work was made (model,
 prompt, decoding settings, ...). A rerun with the same settings reuses every finished shard,
 so an interrupted run finishes where it stopped. Shards made with other settings are never
-mixed in silently: they are refused, naming what differs, unless the caller discards them
-(`--overwrite`).
+mixed in silently: they are refused (`UnfinishedWork`, naming what differs) unless the caller
+discards them (`overwrite`).
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import load_from_disk
 from datasets.utils.logging import disable_progress_bar
+from safetensors.torch import save_file
 
 from leccr_cli.corpus.corpus import save_string_dataset
-from leccr_cli.errors import LeccrError
-from leccr_cli.utils.fs import atomic_directory, atomic_write_text
+from leccr_cli.errors import UnfinishedWork
+from leccr_cli.utils.fs import atomic_directory, atomic_file, atomic_write_text
 
 SETTINGS_FILE = "settings.json"
 
 
 class ShardStore:
-    """A folder of finished shards with string columns `columns`, made with `settings`."""
+    """A folder of finished shards made with `settings`: datasets with string `columns`, or tensor files."""
 
-    def __init__(self, folder: Path, settings: dict[str, Any], columns: tuple[str, ...]):
+    def __init__(self, folder: Path, settings: dict[str, Any], columns: tuple[str, ...] = ()):
         self.folder = Path(folder)
         self.settings = settings
         self.columns = columns
@@ -56,10 +59,7 @@ class ShardStore:
         """Refuse unfinished shards made with other settings, unless they are to be discarded (`overwrite`)."""
         differing = self.differences()
         if differing and not overwrite and self.count():
-            raise LeccrError(
-                f"{self.folder} holds unfinished work made with other settings ({', '.join(differing)} differ)",
-                "rerun with the same settings to finish it, or pass --overwrite to discard it",
-            )
+            raise UnfinishedWork(self.folder, differing)
 
     def start(self) -> None:
         """(Main process) discard shards of other settings and leftovers of killed writes; record the settings."""
@@ -74,10 +74,10 @@ class ShardStore:
         atomic_write_text(self.folder / SETTINGS_FILE, json.dumps(self.settings, indent=2, ensure_ascii=False) + "\n")
 
     def shard_names(self) -> list[str]:
-        """Finished shards, in name order."""
+        """Finished shards (dataset folders and tensor files), in name order."""
         if not self.folder.is_dir():
             return []
-        return sorted(p.name for p in self.folder.iterdir() if p.is_dir() and p.name.startswith("shard-"))
+        return sorted(p.name for p in self.folder.iterdir() if p.name.startswith("shard-"))
 
     def count(self) -> int:
         return len(self.shard_names())
@@ -89,11 +89,22 @@ class ShardStore:
             shutil.rmtree(folder)
             save_string_dataset(table, folder)
 
+    def write_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        """Write one tensor shard `shard-<name>.safetensors` atomically."""
+        with atomic_file(self.folder / f"shard-{name}.safetensors") as temporary:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
+
+    def tensor_shards(self) -> list[Path]:
+        """The finished tensor shards, in name order."""
+        return [self.folder / name for name in self.shard_names() if name.endswith(".safetensors")]
+
     def rows(self) -> list[dict[str, str]]:
         """Every row of the finished shards, in shard-name order."""
         disable_progress_bar()
         rows: list[dict[str, str]] = []
         for name in self.shard_names():
+            if not (self.folder / name).is_dir():
+                continue
             table = load_from_disk(str(self.folder / name)).data.table
             columns = [table.column(c).to_pylist() for c in self.columns]
             rows.extend(dict(zip(self.columns, values)) for values in zip(*columns))

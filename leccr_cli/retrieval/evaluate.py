@@ -1,189 +1,39 @@
-"""Evaluating a model on a corpus split: embed the gallery once, embed the queries of each
-language, rank with the exact metrics of `leccr_cli.retrieval.metrics`.
+"""Evaluating a model on a corpus split: embed the gallery once (`retrieval/encode.py`), embed the queries of
+each language, rank with the exact metrics of `retrieval/metrics.py`.
 
-Model settings (token limits, whether and how descriptions are read) come from the model's
-own config; the recipe gives the data settings (description source, caption cleaning,
-frame features) and the evaluation batch size and memory budget.
+Model settings (token limits, whether and how descriptions are read, caption cleaning, the
+evaluation transform) come from the model; the caller gives the scoring (`fusion`,
+`fusion_mode`, `gallery`, the rules of `config.check_scoring`) and the batch size and memory
+budget (`eval_options(recipe)` takes them from a recipe).
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
-from accelerate.data_loader import prepare_data_loader
-from torch.utils.data import DataLoader
+from rich.console import Console
 
-from leccr_cli.config import Recipe
-from leccr_cli.utils.console import progress
+from leccr_cli.config import Recipe, check_scoring, uses_slot_embeddings
 from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.data.datasets import (
-    Collator,
-    GallerySet,
-    ImageTransform,
-    TextCleaning,
-    TextSet,
-    VisualSource,
-    check_descriptions,
-)
-from leccr_cli.prep.features.cache import open_slot_cache
-from leccr_cli.errors import CorpusError, EvaluationError, ModelError
+from leccr_cli.defaults import EVAL_BATCH_SIZE, EVAL_MEMORY_BUDGET_MB, FusionMode, GalleryMode
+from leccr_cli.errors import CorpusError, InvalidArgument, ModelError, Param, Step, parts
+from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel
+from leccr_cli.retrieval.encode import encode_gallery, encode_texts
 from leccr_cli.retrieval.metrics import metrics_from_ranks, minmax_fused_rows, retrieval_ranks_from_rows
-from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel, image_inputs, uses_slot_embeddings
-from leccr_cli.runs.layout import run_of_model
-
-FUSION_MODES = ("linear", "minmax")
-GALLERY_MODES = ("language", "all")
 
 
-def _loader(dataset, batch_size: int, collate, accelerator) -> DataLoader:
-    """A sequential DataLoader, sharded over processes when `accelerator` has several."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    if accelerator is None:
-        return loader
-    # not accelerator.prepare: evaluation loaders must not join the training checkpoint state
-    return prepare_data_loader(
-        loader, accelerator.device, num_processes=accelerator.num_processes, process_index=accelerator.process_index
-    )
-
-
-@contextlib.contextmanager
-def _progress(description: str, total: int):
-    """A progress bar over `total` batches (silent off the main process); yields `advance()`."""
-    bar = progress(transient=True)
-    with bar:
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
-
-
-def _gather(tensor, accelerator, pad_dim: int | None = None):
-    """All processes' rows of `tensor` (in order), padding dimension `pad_dim` to the longest first."""
-    if accelerator is None:
-        return tensor
-    if pad_dim is not None:
-        tensor = accelerator.pad_across_processes(tensor, dim=pad_dim)
-    return accelerator.gather_for_metrics(tensor)
-
-
-def _device(model, accelerator) -> torch.device:
-    # the text encoder's: a query model (`load_query_model`) keeps its image side on the meta device
-    return accelerator.device if accelerator is not None else next(model.text_encoder.parameters()).device
-
-
-def _rebuild_source(model: LeccrModel, rebuild_from: str | None) -> str:
-    if rebuild_from is not None:
-        return rebuild_from
-    run = run_of_model(model)
-    return str(run) if run is not None else "RECIPE_OR_RUN"
-
-
-def gallery_batches(
-    model: LeccrModel,
-    corpus: Corpus,
-    split: str,
-    recipe: Recipe,
-    *,
-    image_ids: Sequence[str] | None = None,
-    accelerator=None,
-    batch_size: int | None = None,
-    rebuild_from: str | None = None,
-) -> Iterator[tuple[list[str], ImageEmbeddings]]:
-    """Embed the images (or videos) of a split batch by batch: yields (image ids, ImageEmbeddings) per batch.
-
-    `image_ids` (images of the split, in its order) limits the gallery; by default every
-    image of the split. Images are fitted as `data.eval_transform` says. Descriptions are
-    read when the model reads them (from the slot cache when its `description_features`
-    setting says so; `rebuild_from` names the recipe or run in the rebuild hint of a missing
-    cache, by default the run the model was loaded from). Embeddings are float32 on the model's device.
-    """
-    corpus.check_split(split)
-    image_ids = list(corpus.image_ids(split) if image_ids is None else image_ids)
-    descriptions = features = None
-    if model.reads_descriptions:
-        descriptions = check_descriptions(corpus, recipe.data.descriptions, image_ids)
-        features = open_slot_cache(
-            model,
-            corpus,
-            split,
-            recipe.data.descriptions,
-            rebuild_from=_rebuild_source(model, rebuild_from),
-            descriptions=descriptions,
-        )
-    transform = ImageTransform(
-        model.image_size, model.image_mean, model.image_std, train=False, fit=recipe.data.eval_transform
-    )
-    visual = VisualSource(corpus, split, transform, recipe.data.video_features)
-    gallery_set = GallerySet(image_ids, visual, descriptions if features is None else None, description_features=features)
-    loader = _loader(gallery_set, batch_size or recipe.eval.batch_size, Collator.for_model(model, visual), accelerator)
-    device = _device(model, accelerator)
-    model.eval()
-    with _progress(f"encoding {split} gallery", len(loader)) as advance:
-        for batch in loader:
-            advance()
-            with torch.inference_mode():  # per batch: the caller runs between batches
-                batch = {k: v.to(device) for k, v in batch.items()}
-                embeds = model.embed_images(**image_inputs(batch))
-                slot_embeds = slot_mask = None
-                if embeds.slot_embeds is not None:
-                    # padded description tokens (`slots: false`) differ in length between batches and processes
-                    padded = embeds.slot_mask is not None
-                    slot_embeds = _gather(embeds.slot_embeds.float(), accelerator, pad_dim=1 if padded else None)
-                    if padded:
-                        slot_mask = _gather(embeds.slot_mask, accelerator, pad_dim=1)
-                global_embeds = _gather(embeds.global_embeds.float(), accelerator)
-                rows = _gather(batch["image_index"], accelerator).tolist()
-            yield [image_ids[i] for i in rows], ImageEmbeddings(global_embeds, slot_embeds, slot_mask)
-
-
-def encode_gallery(
-    model: LeccrModel,
-    corpus: Corpus,
-    split: str,
-    recipe: Recipe,
-    *,
-    accelerator=None,
-    batch_size: int | None = None,
-    rebuild_from: str | None = None,
-    image_ids: Sequence[str] | None = None,
-) -> tuple[list[str], ImageEmbeddings]:
-    """Embed the images (or videos) of a split once: (image ids in gallery order, ImageEmbeddings).
-
-    `image_ids` limits the gallery as in `gallery_batches`, which says how descriptions are read.
-    """
-    corpus.check_split(split)
-    image_ids = list(corpus.image_ids(split) if image_ids is None else image_ids)
-    parts = [
-        embeds
-        for _, embeds in gallery_batches(
-            model,
-            corpus,
-            split,
-            recipe,
-            image_ids=image_ids,
-            accelerator=accelerator,
-            batch_size=batch_size,
-            rebuild_from=rebuild_from,
-        )
-    ]
-    return image_ids, ImageEmbeddings.cat(parts)
-
-
-def encode_texts(
-    model: LeccrModel, texts: Sequence[str], recipe: Recipe, *, accelerator=None, batch_size: int | None = None
-) -> torch.Tensor:
-    """Embed query texts (cleaned as in training) in batches: [T, D]."""
-    dataset = TextSet(list(texts), TextCleaning.from_recipe(recipe.data))
-    loader = _loader(dataset, batch_size or recipe.eval.batch_size, Collator.for_model(model), accelerator)
-    device = _device(model, accelerator)
-    out = []
-    model.eval()
-    with torch.inference_mode(), _progress("encoding queries", len(loader)) as advance:
-        for batch in loader:
-            advance()
-            embeds = model.embed_texts(batch["text_ids"].to(device), batch["text_mask"].to(device))
-            out.append(_gather(embeds.float(), accelerator))
-    return torch.cat(out)
+def eval_options(recipe: Recipe) -> dict:
+    """The keyword arguments of `evaluate_languages` that a recipe sets (its `eval` block and data sources)."""
+    return {
+        "fusion": recipe.eval.fusion,
+        "fusion_mode": recipe.eval.fusion_mode,
+        "gallery": recipe.eval.gallery,
+        "descriptions": recipe.data.descriptions,
+        "video_features": recipe.data.video_features,
+        "batch_size": recipe.eval.batch_size,
+        "memory_budget_mb": recipe.eval.memory_budget_mb,
+    }
 
 
 def query_captions(corpus: Corpus, split: str, lang: str, translate_test: bool = False) -> tuple[list[str], list[str]]:
@@ -199,10 +49,14 @@ def query_captions(corpus: Corpus, split: str, lang: str, translate_test: bool =
     english = {c.source: c.text for c in corpus.captions(split) if c.lang == "en" and c.origin == "mt" and c.source}
     missing = [q.cap_id for q in queries if q.cap_id not in english]
     if missing:
+        translate = Step(
+            "translate", corpus.path, source_lang=lang, targets="en", splits=split,
+            python=f"translate_corpus(corpus, ['en'], engine, source_lang={lang!r}, splits=[{split!r}])",
+        )  # fmt: skip
         raise CorpusError(
             f"translate-test: {len(missing)} {lang} queries of split {split!r} have no English machine translation "
             f"(first: {missing[0]})",
-            f"make them with `leccr translate {corpus.path} --from {lang} --to en --split {split}`",
+            parts("make them with ", translate),
         )
     return [english[q.cap_id] for q in queries], [q.image_id for q in queries]
 
@@ -214,9 +68,10 @@ def _query_languages(corpus: Corpus, split: str) -> list[str]:
 def _no_queries(corpus: Corpus, split: str, lang: str) -> CorpusError:
     present = _query_languages(corpus, split)
     return CorpusError(
-        f"corpus {corpus.path} has no human {lang} captions in split {split!r}, so no {lang} queries and no {lang} gallery "
+        f"corpus {corpus.path} has no human {lang} captions in split {split!r}, so no {lang} queries and no {lang} "
+        f"gallery "
         f"(languages with captions there: {', '.join(present) or 'none'})",
-        "evaluate one of those (--lang, eval.langs), or a corpus with captions in this language",
+        parts("evaluate one of those (", Param("langs"), ", eval.langs), or a corpus with captions in this language"),
     )
 
 
@@ -230,14 +85,13 @@ def check_eval_languages(corpus: Corpus, split: str, langs: Sequence[str]) -> No
             raise _no_queries(corpus, split, lang)
 
 
-def language_galleries(corpus: Corpus, split: str, langs: Sequence[str], gallery: str) -> dict[str, list[str]]:
+def language_galleries(corpus: Corpus, split: str, langs: Sequence[str], gallery: GalleryMode) -> dict[str, list[str]]:
     """The image ids each language is ranked against, in the split's order.
 
     `language`: the language's own gallery (`Corpus.gallery`: its own image list where the
     corpus has one, else every image of the split); `all`: every image of the split.
     """
-    if gallery not in GALLERY_MODES:
-        raise EvaluationError(f"gallery {gallery!r}: expected one of {', '.join(GALLERY_MODES)}")
+    check_scoring(None, gallery=gallery)
     if gallery == "all":
         images = corpus.image_ids(split)
         return {lang: images for lang in langs}
@@ -249,50 +103,41 @@ def evaluate_languages(
     corpus: Corpus,
     split: str,
     langs: Sequence[str],
-    recipe: Recipe,
     *,
-    accelerator=None,
     fusion: float | None = None,
-    fusion_mode: str = "linear",
+    fusion_mode: FusionMode = "linear",
+    gallery: GalleryMode = "language",
     translate_test: bool = False,
-    batch_size: int | None = None,
-    rebuild_from: str | None = None,
-    gallery: str | None = None,
+    descriptions: str | None = None,
+    video_features: str | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+    memory_budget_mb: int = EVAL_MEMORY_BUDGET_MB,
+    accelerator=None,
+    console: Console | None = None,
 ) -> dict[str, dict]:
-    """Recall metrics of `model` on (split, lang) for every language.
+    """Recall metrics of `model` on (split, lang) for every language: {lang: metrics}.
 
-    Each language's queries are ranked against its gallery (`language_galleries`; `gallery`
-    defaults to the recipe's `eval.gallery`): the union of the galleries is embedded once,
-    and a language's score matrix is restricted to the columns of its own images. Every
-    result holds the metrics of `metrics_from_ranks` plus `gallery` (the mode), `gallery_size`
-    (images ranked) and `queries` (texts ranked).
+    Each language's queries (its human captions in the split; with `translate_test`, their
+    English machine translations) are ranked against its gallery (`language_galleries`): the
+    union of the galleries is embedded once, and a language's score matrix is restricted to
+    the columns of its own images. Every result holds the metrics of `metrics_from_ranks` plus
+    `gallery` (the mode), `gallery_size` (images ranked) and `queries` (texts ranked).
 
     `fusion` α mixes the global and best-slot scores: `fusion_mode` 'linear' scores
     α·global + (1 − α)·slot, 'minmax' α·mm(global) + (1 − α)·mm(slot), each matrix min-max
     scaled over all of the language's queries and its gallery (the reference's video scoring).
+    `descriptions` and `video_features` choose the gallery's inputs as in `encode_gallery`;
+    `memory_budget_mb` bounds the temporaries of ranking. Progress goes to `console`.
     """
-    gallery = gallery or recipe.eval.gallery
     check_eval_languages(corpus, split, langs)
-    if fusion_mode not in FUSION_MODES:
-        raise EvaluationError(f"fusion mode {fusion_mode!r}: expected one of {', '.join(FUSION_MODES)}")
-    if fusion is not None and not uses_slot_embeddings(model.config):
-        raise ModelError(
-            "--fusion needs slot embeddings; this model has none",
-            "it is a baseline, or multi_level_matching and english_guidance are both off",
-        )
+    check_scoring(fusion, fusion_mode, gallery, slot_embeddings=uses_slot_embeddings(model.config))
     galleries = language_galleries(corpus, split, langs, gallery)
     wanted = set().union(*galleries.values())
     union = [image_id for image_id in corpus.image_ids(split) if image_id in wanted]
     image_ids, embeddings = encode_gallery(
-        model,
-        corpus,
-        split,
-        recipe,
-        accelerator=accelerator,
-        batch_size=batch_size,
-        rebuild_from=rebuild_from,
-        image_ids=union,
-    )
+        model, corpus, split, image_ids=union, descriptions=descriptions, video_features=video_features,
+        batch_size=batch_size, accelerator=accelerator, console=console,
+    )  # fmt: skip
     _check_finite(model, "image", embeddings.global_embeds, embeddings.slot_embeds)
     row = {image_id: i for i, image_id in enumerate(image_ids)}
     results = {}
@@ -301,19 +146,25 @@ def evaluate_languages(
         columns = {image_id: i for i, image_id in enumerate(own)}
         images = embeddings if own == image_ids else embeddings.select(torch.tensor([row[i] for i in own]))
         texts, owners = query_captions(corpus, split, lang, translate_test)
-        text_embeds = encode_texts(model, texts, recipe, accelerator=accelerator, batch_size=batch_size)
+        text_embeds = encode_texts(model, texts, batch_size=batch_size, accelerator=accelerator, console=console)
         text_embeds = text_embeds.to(images.global_embeds.device)
         _check_finite(model, "text", text_embeds)
 
-        budget = recipe.eval.memory_budget_mb
-        score_rows = _score_rows(model, text_embeds, images, fusion, fusion_mode, budget)
+        score_rows = _score_rows(model, text_embeds, images, fusion, fusion_mode, memory_budget_mb)
         labels = torch.tensor([columns[i] for i in owners])
-        ranks = retrieval_ranks_from_rows(score_rows, len(texts), len(own), labels, memory_budget_mb=budget)
-        results[lang] = {**metrics_from_ranks(ranks), "gallery": gallery, "gallery_size": len(own), "queries": len(texts)}
+        ranks = retrieval_ranks_from_rows(score_rows, len(texts), len(own), labels, memory_budget_mb=memory_budget_mb)
+        results[lang] = {
+            **metrics_from_ranks(ranks),
+            "gallery": gallery,
+            "gallery_size": len(own),
+            "queries": len(texts),
+        }
     return results
 
 
-def _score_rows(model: LeccrModel, text_embeds, gallery: ImageEmbeddings, fusion, fusion_mode: str, memory_budget_mb: int):
+def _score_rows(
+    model: LeccrModel, text_embeds, gallery: ImageEmbeddings, fusion, fusion_mode: str, memory_budget_mb: int
+):
     """The rows of the [queries, gallery] score matrix, block by block, as `fusion` and `fusion_mode` say."""
 
     def rows_of(score):
@@ -358,7 +209,12 @@ def eval_languages(corpus: Corpus, split: str, requested: Sequence[str], default
             raise CorpusError(f"corpus {corpus.path} has no human captions in split {split!r}")
         return langs
     if "all" in requested:
-        raise EvaluationError("--lang all cannot be combined with other languages")
+        raise InvalidArgument(
+            "langs",
+            list(requested),
+            "'all' alone",
+            message=parts(Param("langs", "all"), " cannot be combined with other languages"),
+        )
     langs = list(dict.fromkeys(requested or default))
     check_eval_languages(corpus, split, langs)
     return langs

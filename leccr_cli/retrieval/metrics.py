@@ -25,21 +25,17 @@ takes one more pass to gather the ground-truth scores first.
 from __future__ import annotations
 
 import json
-import math
 import operator
-import os
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import torch
-from rich.table import Table
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from leccr_cli.defaults import RECALL_KS
 from leccr_cli.errors import EvaluationError
-from leccr_cli.utils.fs import atomic_write_text
 
-DEFAULT_KS = (1, 5, 10)
 # A chunk of rows holds, per score: the block itself, a float32 copy of it when it is half or
 # bfloat16, and a float comparison mask; 16 bytes covers the widest case (8 + 8 for float64).
 BYTES_PER_SCORE = 16
@@ -65,7 +61,9 @@ def _rows_per_chunk(n_images: int, memory_budget_mb: float, device: str = "cpu")
     Never fewer than one row: a budget below one row's temporaries processes one row at a time.
     """
     if not memory_budget_mb > 0:
-        raise EvaluationError(f"memory budget {memory_budget_mb} MB is not positive", "give a budget in MB such as 1024")
+        raise EvaluationError(
+            f"memory budget {memory_budget_mb} MB is not positive", "give a budget in MB such as 1024"
+        )
     rows = int(memory_budget_mb * 2**20) // (n_images * BYTES_PER_SCORE)
     if device == "cpu":
         rows = min(rows, CPU_CHUNK_SCORES // n_images)
@@ -213,7 +211,7 @@ def _count_ranks(score_rows, gt: Tensor, labels: Tensor, n_images: int, memory_b
     return Ranks(t2i=t2i, i2t=i2t)
 
 
-def metrics_from_ranks(ranks: Ranks, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def metrics_from_ranks(ranks: Ranks, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
     """Recall@K in percent both ways, their sum and median/mean ranks, from `Ranks`.
 
     Keys: `i2t_r<K>` and `t2i_r<K>` for every K in `ks`, `sumr` (the sum of all of those:
@@ -236,7 +234,7 @@ def metrics_from_ranks(ranks: Ranks, ks: Sequence[int] = DEFAULT_KS) -> dict[str
 def recall_metrics(
     scores: Tensor,
     text_to_image: Tensor | Sequence[int],
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] = RECALL_KS,
     memory_budget_mb: float = 1024,
 ) -> dict[str, float]:
     """Retrieval metrics of a [n_texts, n_images] score matrix; `text_to_image[j]` is text j's image.
@@ -248,52 +246,6 @@ def recall_metrics(
     """
     _check_ks(ks)
     return metrics_from_ranks(retrieval_ranks(scores, text_to_image, memory_budget_mb), ks)
-
-
-def metrics_table(rows: dict[str, dict[str, float]], title: str, row_header: str = "lang") -> Table:
-    """A rich table: one row per name (language, system), R@1/5/10 both ways and SumR."""
-    table = Table(title=title)
-    table.add_column(row_header)
-    columns = [f"{name}_r{k}" for name in ("i2t", "t2i") for k in DEFAULT_KS] + ["sumr"]
-    for key in columns:
-        direction, _, k = key.partition("_r")
-        header = "SumR" if key == "sumr" else f"{direction.upper()} R@{k}"
-        table.add_column(header, justify="right")
-    for name, metrics in rows.items():
-        table.add_row(name, *(f"{metrics[key]:.1f}" if key in metrics else "-" for key in columns))
-    return table
-
-
-def _finite_or_null(value):
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item) for item in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def check_json_path(path: str | Path) -> Path:
-    """Refuse a JSON output path that is a folder or cannot be written, before any work is done."""
-    path = Path(path)
-    if path.is_dir():
-        raise EvaluationError(f"--json {path} is a folder", f"give a file name, e.g. {path / 'metrics.json'}")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise EvaluationError(f"--json {path}: {folder} is not a folder", "give a path inside a folder")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise EvaluationError(f"--json {path}: cannot write there (permission denied)", "give a path you can write to")
-    return path
-
-
-def write_metrics_json(metrics: dict, path: str | Path) -> Path:
-    """Write `metrics` as strict JSON (NaN and infinities as null) to `path` atomically."""
-    text = json.dumps(_finite_or_null(metrics), indent=2, allow_nan=False) + "\n"
-    try:
-        return atomic_write_text(path, text)
-    except OSError as error:
-        raise EvaluationError(f"cannot write {path} ({error.strerror or error})", "give a path you can write to") from None
 
 
 def _check_input_file(path: Path, what: str, hint: str) -> None:
@@ -378,14 +330,19 @@ def _compare_dtype(dtype):
 
 def _check_size(n_texts: int, n_images: int) -> None:
     if n_texts < 1 or n_images < 1:
-        raise EvaluationError(f"the score matrix is empty ({n_texts} texts x {n_images} images)", "score at least one text against one image")
+        raise EvaluationError(
+            f"the score matrix is empty ({n_texts} texts x {n_images} images)",
+            "score at least one text against one image",
+        )
 
 
 def _block(score_rows: Callable[[int, int], Tensor], start: int, stop: int, n_images: int) -> Tensor:
     """Rows start..stop-1 in the compare dtype: float64 stays, every other float becomes float32."""
     block = score_rows(start, stop)
     if tuple(block.shape) != (stop - start, n_images):
-        raise ValueError(f"score_rows({start}, {stop}) returned shape {tuple(block.shape)}, not {(stop - start, n_images)}")
+        raise ValueError(
+            f"score_rows({start}, {stop}) returned shape {tuple(block.shape)}, not {(stop - start, n_images)}"
+        )
     _check_float(block.dtype)
     return block.to(_compare_dtype(block.dtype))
 

@@ -72,7 +72,7 @@ def pad_queries(queries: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def approximate_scores(queries: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """[Q, N] float32 first-pass scores of `pad_queries` queries against int8 rows (`error_bound` bounds their error)."""
+    """[Q, N] float32 first-pass scores of `pad_queries` queries against int8 rows (`error_bound` bounds the error)."""
     return torch._weight_int8pack_mm(queries, codes, scales).float()
 
 

@@ -2,9 +2,9 @@
 
 A search loads only what a query needs: the run's tokenizer, text encoder and text head
 (`model.factory.load_query_model`; the image side is never read) and the index's embeddings,
-memory-mapped. Queries are cleaned and embedded by `evaluate.encode_texts`, exactly as
-`leccr evaluate` embeds its queries, and scored with the model's own `score` (so `--fusion`
-means what it means there). Top-k is exact, in two passes: the index's int8 codes give every
+memory-mapped. Queries are cleaned and embedded by `retrieval.encode.encode_texts`, exactly
+as evaluation embeds its queries, and scored with the model's own `score` (so `fusion` means
+what it means there). Top-k is exact, in two passes: the index's int8 codes give every
 row a first-pass score within a known bound of its float32 score (`prefilter`); the rows that
 can still be among the best k are then read from the embeddings and scored in float32 by
 `model.score`. Ties are broken by the gallery order.
@@ -20,27 +20,22 @@ from typing import Sequence
 
 import torch
 
-from leccr_cli.config import Recipe
-from leccr_cli.data.datasets import TextCleaning
-from leccr_cli.errors import LeccrError, ModelError
-from leccr_cli.retrieval.evaluate import encode_texts
-from leccr_cli.retrieval.index.builder import Index, IndexCodes
+from leccr_cli.config import check_scoring
+from leccr_cli.defaults import SEARCH_MEMORY_BUDGET_MB, TOP_K
+from leccr_cli.errors import SearchError, at_least
 from leccr_cli.model.factory import load_query_model
 from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel, best_slot_scores, fuse_scores
+from leccr_cli.retrieval.encode import encode_texts
+from leccr_cli.retrieval.index.reader import Index, IndexCodes
 from leccr_cli.retrieval.prefilter import approximate_scores, error_bound, fused_error_bound, pad_queries
-from leccr_cli.runs.layout import MODEL_DIR, read_run_recipe
+from leccr_cli.runs.layout import MODEL_DIR
 
-DEFAULT_K = 10
-DEFAULT_MEMORY_BUDGET_MB = 256
 QUERY_BATCH = 256  # queries embedded and scored together
 ROWS_PER_TASK = 1 << 17  # rows a worker scans before it takes the next task (smaller indexes: one worker)
 EXACT_ROWS = 1024  # candidate rows read and scored in float32 at a time
 TWO_PASS_QUERIES = 24  # more queries at once score every row in float32 (see `top_k`)
-PRESELECT = 64  # a block's best first-pass rows taken at once (one topk); the floor is looked for beyond them only when all pass
-
-
-class SearchError(LeccrError):
-    """A query or a search request cannot be answered."""
+# a block's best first-pass rows taken at once (one topk); the floor is looked for beyond them only when all pass
+PRESELECT = 64
 
 
 @dataclass
@@ -60,7 +55,7 @@ class QueryNotes:
     """What a user should hear once about a batch of queries."""
 
     truncated: list[int] = field(default_factory=list)  # queries cut at the text encoder's limit
-    k: int = DEFAULT_K  # results per query (after clamping to the index size)
+    k: int = TOP_K  # results per query (after clamping to the index size)
     clamped_from: int | None = None  # the k asked for, when larger than the index
 
 
@@ -86,7 +81,9 @@ def _scan_pool(workers: int) -> ThreadPoolExecutor:
     pool = _pools.get(workers)
     if pool is None:
         configured = torch.get_num_threads()
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="leccr-scan", initializer=torch.set_num_threads, initargs=(1,))
+        pool = ThreadPoolExecutor(
+            workers, thread_name_prefix="leccr-scan", initializer=torch.set_num_threads, initargs=(1,)
+        )
         started = threading.Barrier(workers)
         for future in [pool.submit(started.wait) for _ in range(workers)]:
             future.result()
@@ -112,7 +109,9 @@ def _first_pass(queries, codes: IndexCodes, slot_mask, fusion, start: int, stop:
         return scores
     slots = codes.slot_rows
     width, per_image = slots.codes.shape[-1], slots.codes.shape[1]
-    per_slot = approximate_scores(queries, slots.codes[start:stop].reshape(-1, width), slots.scales[start:stop].reshape(-1))
+    per_slot = approximate_scores(
+        queries, slots.codes[start:stop].reshape(-1, width), slots.scales[start:stop].reshape(-1)
+    )
     mask = None if slot_mask is None else slot_mask[start:stop]
     return fuse_scores(scores, best_slot_scores(per_slot.view(len(scores), stop - start, per_image), mask), fusion)
 
@@ -145,7 +144,19 @@ class _KnownKth:
                 torch.maximum(self.scores, best_scores[:, k - 1], out=self.scores)
 
 
-def _scan(model, queries, padded, bound, known: _KnownKth, index: Index, k: int, fusion, first_row: int, end_row: int, block: int):
+def _scan(
+    model,
+    queries,
+    padded,
+    bound,
+    known: _KnownKth,
+    index: Index,
+    k: int,
+    fusion,
+    first_row: int,
+    end_row: int,
+    block: int,
+):
     """The best k (scores, rows) of rows first_row..end_row-1 for every query, best first.
 
     A block's rows are first scored from their int8 codes; a row can be among the best k only
@@ -161,7 +172,9 @@ def _scan(model, queries, padded, bound, known: _KnownKth, index: Index, k: int,
             first = _first_pass(padded, index.codes, index.slot_mask, fusion, start, stop)
             values, positions = first.topk(min(max(k, PRESELECT), stop - start), dim=1)
             floor = torch.maximum(values[:, min(k, stop - start) - 1] - bound, known.kth(best_scores, k)) - bound
-            floor32 = (floor - floor.abs() * 2**-23).float()  # at or below the float64 floor: no row at the floor is missed
+            floor32 = (
+                floor - floor.abs() * 2**-23
+            ).float()  # at or below the float64 floor: no row at the floor is missed
             if values.shape[1] < stop - start and bool((values[:, -1] >= floor32).any()):
                 candidates = (first >= floor32[:, None]).any(dim=0).nonzero().flatten()  # more than the preselected
             else:
@@ -209,7 +222,7 @@ def top_k(
     k: int,
     *,
     fusion: float | None = None,
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    memory_budget_mb: float = SEARCH_MEMORY_BUDGET_MB,
     every_row: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [Q, k], rows [Q, k]) of the best k rows of `index` for every query, best first.
@@ -256,23 +269,19 @@ def _merged(parts, queries: int, k: int):
 
 
 class Searcher:
-    """An index with the query side of the model that built it."""
+    """An index with the model that built it (its query side is enough: `Searcher.open`)."""
 
-    def __init__(self, index: Index, recipe: Recipe, model: LeccrModel):
+    def __init__(self, index: Index, model: LeccrModel):
         self.index = index
-        self.recipe = recipe
         self.model = model
-        self.cleaning = TextCleaning.from_recipe(recipe.data)
+        self.cleaning = model.preprocessing.text_cleaning
 
     @classmethod
     def open(cls, index_folder: str | Path, device: str = "cpu") -> "Searcher":
-        """Open an index and load the query side of its model; a stale index is refused with the rebuild command."""
+        """Open an index and load the query side of its model; a stale index is refused with the step rebuilding it."""
         index = Index.open(index_folder)
         index.check_model()
-        run = Path(index.info.model.run)
-        recipe = read_run_recipe(run)
-        model = load_query_model(run / MODEL_DIR, device=device)
-        return cls(index, recipe, model)
+        return cls(index, load_query_model(Path(index.info.model.run) / MODEL_DIR, device=device))
 
     @property
     def has_slots(self) -> bool:
@@ -289,7 +298,9 @@ class Searcher:
             if not query.strip():
                 raise SearchError(f"{where}the query is empty", "type what the images should show, in any language")
             if not uncut(query):
-                raise SearchError(f"{where}the query {query!r} has no words (punctuation is removed)", "type some words")
+                raise SearchError(
+                    f"{where}the query {query!r} has no words (punctuation is removed)", "type some words"
+                )
             cleaned.append(self.cleaning(query))
         max_tokens = self.model.config.text.max_tokens
         tokens = self.model.tokenizer(cleaned, truncation=False)["input_ids"]
@@ -301,34 +312,37 @@ class Searcher:
 
     def embed(self, queries: Sequence[str]) -> torch.Tensor:
         """[Q, D] query embeddings, cleaned and tokenized as `leccr evaluate` does."""
-        return encode_texts(self.model, list(queries), self.recipe, batch_size=QUERY_BATCH)
+        return encode_texts(self.model, list(queries), batch_size=QUERY_BATCH)
 
     def search(
         self,
         queries: Sequence[str],
-        k: int = DEFAULT_K,
+        k: int = TOP_K,
         *,
         fusion: float | None = None,
         names: Sequence[str] | None = None,
-        memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+        memory_budget_mb: float = SEARCH_MEMORY_BUDGET_MB,
     ) -> tuple[list[list[Hit]], QueryNotes]:
-        """The top-k hits of every query (k is clamped to the index size) and what to tell the user."""
-        if k < 1:
-            raise SearchError(f"-k {k}: must be at least 1")
-        if fusion is not None and not self.has_slots:
-            raise ModelError(
-                "--fusion needs slot embeddings; this index has none",
-                "its model is a baseline, or multi_level_matching and english_guidance are both off",
-            )
+        """The top-k hits of every query (k is clamped to the index size) and what to tell the user.
+
+        `fusion` α scores α·global + (1 − α)·best slot (the index must hold slot embeddings);
+        `names` name the queries in messages (e.g. `FILE:LINE`).
+        """
+        at_least("k", k)
+        check_scoring(fusion, slot_embeddings=self.has_slots, what="index")
         notes = QueryNotes(truncated=self.check_queries(queries, names), k=min(k, len(self.index)))
         if k > len(self.index):
             notes.clamped_from = k
         hits: list[list[Hit]] = []
         for start in range(0, len(queries), QUERY_BATCH):
             embeds = self.embed(queries[start : start + QUERY_BATCH])
-            scores, rows = top_k(self.model, embeds, self.index, notes.k, fusion=fusion, memory_budget_mb=memory_budget_mb)
+            scores, rows = top_k(
+                self.model, embeds, self.index, notes.k, fusion=fusion, memory_budget_mb=memory_budget_mb
+            )
             for query_scores, query_rows in zip(scores.tolist(), rows.tolist()):
-                hits.append([self.hit(rank, score, row) for rank, (score, row) in enumerate(zip(query_scores, query_rows), 1)])
+                hits.append(
+                    [self.hit(rank, score, row) for rank, (score, row) in enumerate(zip(query_scores, query_rows), 1)]
+                )
         return hits, notes
 
     def hit(self, rank: int, score: float, row: int) -> Hit:

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from leccr_cli.errors import RunError
+from leccr_cli.errors import Param, RunError, parts
 from leccr_cli.runs.layout import CHECKPOINTS_DIR, checkpoint_dirs
 
 LOOP_STATE_FILE = "loop_state.json"
@@ -84,7 +84,9 @@ def load_rng_state(folder: Path, rank: int) -> None:
 
 def write_loop_state(folder: Path, state: dict) -> None:
     """Write the loop counters as strict JSON (a best score of -inf is written as null)."""
-    record = {key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in state.items()}
+    record = {
+        key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in state.items()
+    }
     (folder / LOOP_STATE_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
@@ -123,7 +125,10 @@ def check_checkpoint(folder: Path, num_processes: int, needs_scaler: bool) -> di
     state = read_loop_state(folder)
     if state["processes"] != num_processes:
         raise RunError(
-            f"--resume: {folder} was written by {state['processes']} processes, this run has {num_processes}",
+            parts(
+                Param("resume"),
+                f": {folder} was written by {state['processes']} processes, this run has {num_processes}",
+            ),
             f"resume it with {state['processes']} processes (e.g. torchrun --nproc_per_node {state['processes']})",
         )
     missing = [rng_file(rank) for rank in range(num_processes) if not (folder / rng_file(rank)).is_file()]
@@ -151,17 +156,19 @@ def damaged_file(folder: Path) -> tuple[str, str] | None:
 
 
 def checkpoint_error(folder: Path, problem: str) -> RunError:
-    """`--resume: checkpoint <folder>: <problem>`, with the other checkpoints of its run that remain."""
+    """`resume: checkpoint <folder>: <problem>`, with the other checkpoints of its run that remain."""
     run_dir = folder.parent.parent if folder.parent.name == CHECKPOINTS_DIR else None
     others = [p for p in checkpoint_dirs(run_dir) if p != folder] if run_dir is not None else []
     if others:
         also = ", ".join(p.name for p in reversed(others[:-1]))
         step = int(folder.name[5:]) if folder.name.startswith("step_") and folder.name[5:].isdigit() else None
         kind = "older" if step is not None and int(others[-1].name[5:]) < step else "other"
-        hint = f"resume from the {kind} checkpoint: --resume {others[-1]}" + (f" (also {also})" if also else "")
+        hint = parts(
+            f"resume from the {kind} checkpoint: ", Param("resume", str(others[-1])), f" (also {also})" if also else ""
+        )
     else:
-        hint = "no other checkpoint remains: start the run again with --overwrite"
-    return RunError(f"--resume: checkpoint {folder}: {problem}", hint)
+        hint = parts("no other checkpoint remains: start the run again with ", Param("overwrite", True))
+    return RunError(parts(Param("resume"), f": checkpoint {folder}: {problem}"), hint)
 
 
 def _reason(error: BaseException) -> str:

@@ -1,90 +1,27 @@
-"""From a recipe to the objects a run needs: the corpus, the model, the training data, the optimiser.
+"""From a recipe to the objects a run needs besides the model: the training data, the optimiser, the schedule.
 
-`leccr train`, `leccr build-slots` and the benchmarks build everything through these
-functions, so a model built for a cache is exactly the model training builds (same seed,
-same tokenizer texts) and a benchmark measures the real data pipeline.
+The model comes from `model.factory.build_model_for` and the corpus from
+`corpus.synthetic.ensure_corpus`, so `train`, `build_slots` and the benchmarks build the same
+things from a recipe, and a benchmark measures the real data pipeline.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from accelerate.utils import set_seed
+from rich.console import Console
 from transformers import get_linear_schedule_with_warmup
 
 from leccr_cli.config import Recipe
-from leccr_cli.utils.console import err_console
-from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.data.datasets import (
-    Collator,
-    ImageTransform,
-    TextCleaning,
-    TrainingSet,
-    VisualSource,
-    check_descriptions,
-    training_examples,
-)
+from leccr_cli.corpus.corpus import Corpus, check_descriptions
+from leccr_cli.data.collate import Collator
+from leccr_cli.data.datasets import TrainingSet, VisualSource, training_examples
+from leccr_cli.data.transforms import ImageTransform
+from leccr_cli.errors import LeccrError
+from leccr_cli.model.leccr import LeccrModel
 from leccr_cli.prep.features.cache import open_slot_cache
-from leccr_cli.corpus.synthetic.image import build_synthetic
-from leccr_cli.corpus.synthetic.video import build_synthetic_video
-from leccr_cli.errors import CorpusError, LeccrError
-from leccr_cli.model.factory import build_model
-from leccr_cli.model.leccr import LeccrModel, uses_descriptions
-
-
-def resolve_paths(recipe: Recipe) -> Recipe:
-    """The recipe with `data.corpus` made absolute (a run must not depend on the working directory)."""
-    corpus = str(Path(recipe.data.corpus).expanduser().resolve())
-    return replace(recipe, data=replace(recipe.data, corpus=corpus))
-
-
-def ensure_corpus(recipe: Recipe, state) -> Corpus:
-    """Open the recipe's corpus, building the synthetic one first when the recipe says how.
-
-    `state` is accelerate's `Accelerator` or `PartialState`: the main process builds, the others wait.
-    """
-    path = Path(recipe.data.corpus)
-    if not path.exists():
-        synth = recipe.data.synth
-        if synth is None:
-            raise CorpusError(
-                f"data.corpus {path}: no such folder",
-                "build it with `leccr data synth`, `leccr data import-multi30k` or `leccr data import-nrccr`",
-            )
-        if state.is_main_process:
-            build = build_synthetic_video if synth.modality == "video" else build_synthetic
-            with err_console.status(f"Building the synthetic {synth.modality} corpus in {path} ..."):
-                build(path, **synth.generator_options())
-        state.wait_for_everyone()
-    return Corpus.open(path)
-
-
-def tokenizer_texts(corpus: Corpus, recipe: Recipe) -> list[str]:
-    """Texts a from-scratch tokenizer is trained on: training captions and (when read) descriptions."""
-    split = recipe.data.train_split
-    langs = {recipe.data.source_lang, *recipe.data.target_langs}
-    texts = [c.text for c in corpus.captions(split) if c.lang in langs]
-    if uses_descriptions(recipe.model) and recipe.data.descriptions in corpus.description_sources():
-        train_ids = set(corpus.image_ids(split))
-        texts += [text for image_id, text in corpus.descriptions(recipe.data.descriptions).items() if image_id in train_ids]
-    return texts
-
-
-def build_model_for(recipe: Recipe, corpus: Corpus) -> LeccrModel:
-    """The model exactly as `leccr train` builds it from a recipe: the same seed, the same tokenizer texts.
-
-    build-slots relies on this: a from-scratch frozen description encoder is a random init.
-    """
-    set_seed(recipe.seed)
-    visual = VisualSource(corpus, recipe.data.train_split, None, recipe.data.video_features)
-    return build_model(
-        recipe.model,
-        modality=corpus.modality,
-        frame_dim=visual.frame_dim,
-        tokenizer_texts=tokenizer_texts(corpus, recipe) if recipe.model.text.config is not None else None,
-    )
+from leccr_cli.utils.text import TextCleaning
 
 
 def per_device_batch_size(recipe: Recipe, num_processes: int) -> int:
@@ -108,13 +45,12 @@ class TrainingData:
     collate: Collator
 
 
-def training_data(recipe: Recipe, corpus: Corpus, model: LeccrModel, *, rebuild_from: str) -> TrainingData:
+def training_data(recipe: Recipe, corpus: Corpus, model: LeccrModel, *, console: Console | None = None) -> TrainingData:
     """The training examples, images (or frame features) and descriptions of the recipe's train split.
 
     Everything is checked here, before a run folder exists: target languages without
     translations, images without descriptions, a split smaller than one batch, and (in
-    `description_features: cache` mode) a missing or stale slot cache, whose rebuild
-    command names `rebuild_from`.
+    `description_features: cache` mode) a missing or stale slot cache.
     """
     data = recipe.data
     split = corpus.check_split(data.train_split)
@@ -127,9 +63,7 @@ def training_data(recipe: Recipe, corpus: Corpus, model: LeccrModel, *, rebuild_
     descriptions = features = None
     if model.reads_descriptions:
         descriptions = check_descriptions(corpus, data.descriptions, corpus.image_ids(split))
-        features = open_slot_cache(
-            model, corpus, split, data.descriptions, rebuild_from=rebuild_from, descriptions=descriptions
-        )
+        features = open_slot_cache(model, corpus, split, data.descriptions, descriptions=descriptions, console=console)
     transform = None
     if corpus.modality == "image":
         transform = ImageTransform(
@@ -145,18 +79,18 @@ def training_data(recipe: Recipe, corpus: Corpus, model: LeccrModel, *, rebuild_
         examples,
         visual,
         descriptions if features is None else None,
-        TextCleaning.from_recipe(data),
+        TextCleaning.from_config(data),
         recipe.seed,
         description_features=features,
     )
     return TrainingData(dataset, Collator.for_model(model, visual))
 
 
-def check_gallery_caches(recipe: Recipe, corpus: Corpus, model: LeccrModel, *, rebuild_from: str) -> None:
+def check_gallery_caches(recipe: Recipe, corpus: Corpus, model: LeccrModel, *, console: Console | None = None) -> None:
     """In `description_features: cache` mode, refuse a missing or stale cache of the validation and test splits."""
     if model.reads_descriptions:
         for split in (recipe.data.val_split, recipe.data.test_split):
-            open_slot_cache(model, corpus, split, recipe.data.descriptions, rebuild_from=rebuild_from)
+            open_slot_cache(model, corpus, split, recipe.data.descriptions, console=console)
 
 
 def decays(name: str, parameter: torch.nn.Parameter, rule: str) -> bool:
@@ -178,7 +112,10 @@ def build_optimizer(model: LeccrModel, recipe: Recipe) -> torch.optim.AdamW:
     optim = recipe.optim
     names = {id(p): name for name, p in model.named_parameters()}
     groups = []
-    for params, lr in ((model.pretrained_parameters(), optim.lr), (model.new_parameters(), optim.lr * optim.new_layer_lr_scale)):
+    for params, lr in (
+        (model.pretrained_parameters(), optim.lr),
+        (model.new_parameters(), optim.lr * optim.new_layer_lr_scale),
+    ):
         params = [p for p in params if p.requires_grad]
         decay = [p for p in params if decays(names[id(p)], p, optim.no_decay)]
         no_decay = [p for p in params if not decays(names[id(p)], p, optim.no_decay)]

@@ -1,9 +1,16 @@
-"""The training loop (Hugging Face Accelerate): one process, several GPUs, or CPU processes.
+"""Training (Hugging Face Accelerate): one process, several GPUs, or CPU processes.
 
-`train` assembles the run from `leccr_cli.training.pipeline` (corpus, model, data, optimiser) and
-`leccr_cli.runs.layout` (the run folder), then runs the loop in the shape of accelerate's
-`complete_nlp_example.py`: `prepare`, `accumulate`, optimiser steps counted on
-`sync_gradients`, `save_state`/`load_state` for resume, `gather_for_metrics` in validation.
+`Trainer` holds one run in the shape of torchtune's recipes: `setup` assembles it from a
+recipe (the corpus, `model.factory.build_model_for`, `training.pipeline`: data, optimiser,
+schedule; `prepare`), `train` runs the loop in the shape of accelerate's
+`complete_nlp_example.py` (`accumulate`, optimiser steps counted on `sync_gradients`),
+`validate` keeps the best model, `save_checkpoint`/`load_checkpoint` resume it (no pickles),
+`test` evaluates the best model and `close` frees it. `train()` is the one call that chooses
+and locks the run folder (`runs/layout.py`) and drives a `Trainer`.
+
+The core prints nothing: progress and the "resuming" line go to the `console` the caller
+passes, and every failure is a typed error the caller words (`TrainingDiverged`,
+`RunNotSaved`, `TrainingInterrupted`).
 """
 
 from __future__ import annotations
@@ -12,20 +19,25 @@ import contextlib
 import importlib.util
 import math
 import os
-import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration
+from rich.console import Console
 from rich.progress import TextColumn
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 
+from leccr_cli.config import Recipe, recipe_to_dict, resolve_paths
+from leccr_cli.corpus.synthetic import ensure_corpus
+from leccr_cli.defaults import RUNS_ROOT
+from leccr_cli.errors import LeccrError, RunNotSaved, TrainingDiverged, TrainingInterrupted
+from leccr_cli.model.factory import build_model_for, load_model
+from leccr_cli.retrieval.evaluate import check_eval_languages, eval_options, evaluate_languages
 from leccr_cli.runs.checkpoints import (
     check_checkpoint,
     checkpoint_error,
@@ -34,45 +46,35 @@ from leccr_cli.runs.checkpoints import (
     save_rng_state,
     write_loop_state,
 )
-from leccr_cli.config import Recipe, recipe_to_dict
-from leccr_cli.utils.console import console, err_console, progress
-from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.errors import LeccrError, RunError
-from leccr_cli.retrieval.evaluate import check_eval_languages, evaluate_languages
-from leccr_cli.utils.fs import free_space, is_disk_full, is_empty_folder, writer_lock
-from leccr_cli.retrieval.metrics import metrics_table
-from leccr_cli.model.factory import load_model
-from leccr_cli.training.pipeline import (
-    build_model_for,
-    build_optimizer,
-    build_scheduler,
-    check_gallery_caches,
-    ensure_corpus,
-    per_device_batch_size,
-    resolve_paths,
-    training_data,
-)
 from leccr_cli.runs.layout import (
     LOGS_DIR,
     METRICS_FILE,
     MODEL_DIR,
     TRAIN_LOG_FILE,
-    append_records,
     check_run_dir,
     checkpoint_dirs,
     choose_run_dir,
     create_run_dir,
-    drop_records_after,
     find_checkpoint,
     finish_checkpoint,
     partial_checkpoint_dir,
-    write_eval_json,
 )
+from leccr_cli.runs.logs import append_records, drop_records_after, write_eval_json
+from leccr_cli.training.pipeline import (
+    build_optimizer,
+    build_scheduler,
+    check_gallery_caches,
+    per_device_batch_size,
+    training_data,
+)
+from leccr_cli.utils.console import progress, say
+from leccr_cli.utils.devices import is_main_process
+from leccr_cli.utils.fs import free_space, is_disk_full, is_empty_folder, writer_lock
 
 
 @dataclass
 class TrainState:
-    """Loop counters saved with every checkpoint (as JSON: `leccr_cli.runs.checkpoints.write_loop_state`)."""
+    """Loop counters saved with every checkpoint (as JSON: `runs.checkpoints.write_loop_state`)."""
 
     global_step: int = 0
     epoch: int = 0
@@ -83,7 +85,7 @@ class TrainState:
 
 @dataclass
 class TrainResult:
-    """What a finished run reports."""
+    """What a finished run reports: its folder, steps, best validation step and score, and the test metrics."""
 
     run_dir: Path
     steps: int
@@ -91,6 +93,7 @@ class TrainResult:
     best_val_sumr: float
     test: dict[str, dict[str, float]] = field(default_factory=dict)
     last_loss: float = float("nan")
+    test_split: str = "test"
 
 
 def _oom_error(error: Exception, per_device: int) -> LeccrError:
@@ -110,11 +113,14 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
+def make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
+    """The Accelerator of a run: mixed precision, accumulation and trackers as the recipe says."""
     if recipe.train.log_with == "tensorboard" and not any(
         importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")
     ):
-        raise LeccrError("train.log_with: tensorboard is not installed", "pip install tensorboard, or set train.log_with: none")
+        raise LeccrError(
+            "train.log_with: tensorboard is not installed", "pip install tensorboard, or set train.log_with: none"
+        )
     # under torchrun without CUDA, accelerate only joins the processes (gloo) when told to use the CPU
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return Accelerator(
@@ -127,52 +133,131 @@ def _make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
     )
 
 
-class _Loop:
-    """The prepared objects of one run and what the loop does between optimiser steps."""
+class Trainer:
+    """One training run of a recipe in `run_dir`: `setup`, `train`, `validate`, `save_checkpoint` /
+    `load_checkpoint`, `test`, `close`.
+
+    `checkpoint` (a checkpoint folder) resumes the run; `overwrite` lets `setup` replace what
+    `run_dir` holds. The run folder must have been checked (and locked) by the caller, as
+    `train()` does.
+    """
 
     def __init__(
-        self, recipe: Recipe, run_dir: Path, corpus: Corpus, accelerator: Accelerator, rebuild_from: str, commands: "_Commands"
-    ):
+        self, recipe: Recipe, run_dir: Path, accelerator: Accelerator, *, checkpoint: Path | None = None,
+        overwrite: bool = False, console: Console | None = None,
+    ):  # fmt: skip
         self.recipe = recipe
-        self.run_dir = run_dir
-        self.corpus = corpus
+        self.run_dir = Path(run_dir)
         self.accelerator = accelerator
-        self.rebuild_from = rebuild_from
-        self.commands = commands
+        self.checkpoint = checkpoint
+        self.overwrite = overwrite
+        self.console = console
         self.state = TrainState()
         self.eval_langs = recipe.eval.langs or recipe.data.target_langs
         self.started = time.perf_counter()
+        self.corpus = self.model = self.optimizer = self.loader = self.scheduler = self.dataset = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Build the corpus, model, data, optimiser and schedule; create the run folder; resume the checkpoint.
+
+        The data is checked before the run folder exists, so a mistake there leaves nothing behind.
+        """
+        recipe, accelerator = self.recipe, self.accelerator
+        world = accelerator.num_processes
+        self.per_device = per_device_batch_size(recipe, world)
+        self.corpus = ensure_corpus(recipe, accelerator, self.console)
+        model = build_model_for(recipe, self.corpus)
+        data = training_data(recipe, self.corpus, model, console=self.console)
+        for split in (recipe.data.val_split, recipe.data.test_split):
+            check_eval_languages(self.corpus, split, self.eval_langs)
+        check_gallery_caches(recipe, self.corpus, model, console=self.console)
+
+        # the run folder (decided by the caller, so every process agrees before the main one creates it)
+        accelerator.wait_for_everyone()
+        if is_main_process() and self.checkpoint is None:
+            create_run_dir(recipe, self.run_dir, overwrite=self.overwrite)
+        accelerator.wait_for_everyone()
+
+        optim = recipe.optim
+        loader = DataLoader(
+            data.dataset,
+            batch_size=self.per_device,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=data.collate,
+            num_workers=recipe.data.num_workers,
+            generator=torch.Generator().manual_seed(recipe.seed),
+        )
+        optimizer = build_optimizer(model, recipe)
+        self.steps_per_epoch = len(loader) // optim.gradient_accumulation_steps // world
+        self.total_steps = optim.max_steps or optim.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / max(1, self.steps_per_epoch))
+        scheduler = build_scheduler(optimizer, recipe, self.total_steps, world)
+        self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
+            model, optimizer, loader, scheduler
+        )
+        self.dataset = data.dataset
+        if self.checkpoint is not None:
+            self.load_checkpoint(self.checkpoint)
+        if recipe.train.log_with != "none":
+            accelerator.init_trackers(recipe.name, config=_flatten(recipe_to_dict(recipe)))
+        self.eval_every = recipe.eval.every_steps or self.steps_per_epoch
+        self.checkpoint_every = recipe.train.checkpoint_every_steps or self.eval_every
+
+    # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, model, split: str) -> dict[str, dict[str, float]]:
+        """Recall metrics of `model` on `split` for every evaluated language, as the recipe scores them."""
         return evaluate_languages(
             model,
             self.corpus,
             split,
             self.eval_langs,
-            self.recipe,
             accelerator=self.accelerator,
-            fusion=self.recipe.eval.fusion,
-            fusion_mode=self.recipe.eval.fusion_mode,
-            rebuild_from=self.rebuild_from,
-            gallery=self.recipe.eval.gallery,
+            console=self.console,
+            **eval_options(self.recipe),
         )
 
-    def validate(self, model) -> None:
+    def validate(self) -> dict[str, dict[str, float]]:
         """Validation SumR per language into metrics.jsonl; the best mean so far is saved as model/."""
         accelerator, state = self.accelerator, self.state
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(self.model)
         results = self.evaluate(unwrapped, self.recipe.data.val_split)
         mean_sumr = sum(r["sumr"] for r in results.values()) / len(results)
-        if accelerator.is_main_process:
+        if is_main_process():
             where = {"step": state.global_step, "epoch": state.epoch, "split": self.recipe.data.val_split}
             append_records(self.run_dir / METRICS_FILE, ({**where, "lang": lang, **m} for lang, m in results.items()))
         accelerator.log({f"val/{lang}/sumr": r["sumr"] for lang, r in results.items()}, step=state.global_step)
         if mean_sumr > state.best_score:
             state.best_score, state.best_step = mean_sumr, state.global_step
-            if accelerator.is_main_process:
+            if is_main_process():
                 unwrapped.save_pretrained(self.run_dir / MODEL_DIR)
         accelerator.wait_for_everyone()
-        model.train()
+        self.model.train()
+        return results
+
+    def test(self) -> dict[str, dict[str, float]]:
+        """The best model (model/) on the test split, written to metrics.jsonl and eval/."""
+        best = load_model(self.run_dir / MODEL_DIR).to(self.accelerator.device)
+        split = self.recipe.data.test_split
+        results = self.evaluate(best, split)
+        if is_main_process():
+            where = {"step": self.state.best_step, "split": split}
+            append_records(self.run_dir / METRICS_FILE, ({**where, "lang": lang, **m} for lang, m in results.items()))
+            scoring = self.recipe.eval
+            for lang, metrics in results.items():
+                write_eval_json(
+                    self.run_dir, lang, split, metrics, fusion=scoring.fusion, fusion_mode=scoring.fusion_mode,
+                    gallery=scoring.gallery, corpus=self.corpus.path,
+                )  # fmt: skip
+        return results
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_names(self) -> list[str]:
+        return [folder.name for folder in checkpoint_dirs(self.run_dir)]
 
     def save_checkpoint(self) -> None:
         """accelerate's state, the random states and the loop state (no pickles) under a hidden name,
@@ -182,38 +267,31 @@ class _Loop:
         try:
             accelerator.save_state(str(partial))
             save_rng_state(partial, accelerator.process_index)
-            if accelerator.is_main_process:
-                loop_state = {**asdict(self.state), "accelerator_step": accelerator.step, "processes": accelerator.num_processes}
+            if is_main_process():
+                loop_state = {
+                    **asdict(self.state),
+                    "accelerator_step": accelerator.step,
+                    "processes": accelerator.num_processes,
+                }
                 write_loop_state(partial, loop_state)
         except (OSError, RuntimeError, SafetensorError) as error:
             shutil.rmtree(partial, ignore_errors=True)
-            full = "disk full" if is_disk_full(error) else f"{type(error).__name__}: {str(error).strip()[:160]}"
-            raise RunError(
-                f"cannot write checkpoint {partial.parent / f'step_{step}'} ({full}; {free_space(partial)} free there); "
-                + self.commands.kept(),
-                "free some space (or fix the folder), then " + self.commands.resume_hint(),
+            full = is_disk_full(error)
+            reason = "disk full" if full else f"{type(error).__name__}: {str(error).strip()[:160]}"
+            raise RunNotSaved(
+                f"cannot write checkpoint {partial.parent / f'step_{step}'} ({reason}; {free_space(partial)} free "
+                f"there)",
+                run_dir=self.run_dir,
+                checkpoints=self.checkpoint_names(),
+                disk_full=False,
+                processes=accelerator.num_processes,
             ) from None
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if is_main_process():
             finish_checkpoint(self.run_dir, step, self.recipe.train.keep_checkpoints)
         accelerator.wait_for_everyone()
 
-    def log_step(self, loss: float, lr: float, terms: dict[str, float]) -> None:
-        step = self.state.global_step
-        self.accelerator.log(
-            {"train/loss": loss, "train/lr": lr, **{f"train/{k}": v for k, v in terms.items()}}, step=step
-        )
-        if self.accelerator.is_main_process:
-            record = {
-                "step": step,
-                "epoch": self.state.epoch,
-                "loss": loss,
-                "lr": lr,
-                "seconds": round(time.perf_counter() - self.started, 3),
-            }
-            append_records(self.run_dir / TRAIN_LOG_FILE, [{**record, **terms}])
-
-    def resume(self, checkpoint: Path) -> None:
+    def load_checkpoint(self, checkpoint: Path) -> None:
         """Restore model, optimiser, schedule (accelerate), random states and loop counters (leccr's own files)."""
         accelerator = self.accelerator
         saved = check_checkpoint(checkpoint, accelerator.num_processes, accelerator.scaler is not None)
@@ -223,30 +301,52 @@ class _Loop:
             damaged = damaged_file(checkpoint)
             if damaged is None:
                 raise
-            raise checkpoint_error(checkpoint, f"{damaged[0]} is damaged or not a checkpoint file ({damaged[1]})") from error
+            raise checkpoint_error(
+                checkpoint, f"{damaged[0]} is damaged or not a checkpoint file ({damaged[1]})"
+            ) from error
         load_rng_state(checkpoint, accelerator.process_index)
         accelerator.step = saved["accelerator_step"]
         for key in asdict(self.state):
             setattr(self.state, key, saved[key])
-        if self.accelerator.is_main_process:
+        if is_main_process():
             # lines logged after this checkpoint by the interrupted run are logged again as it replays
             for log in (METRICS_FILE, TRAIN_LOG_FILE):
                 drop_records_after(self.run_dir / log, self.state.global_step, self.recipe.data.test_split)
-            err_console.print(f"Resuming {self.run_dir} from {checkpoint.name} (epoch {self.state.epoch + 1})")
+            say(self.console, f"Resuming {self.run_dir} from {checkpoint.name} (epoch {self.state.epoch + 1})")
 
-    def run(self, model, optimizer, scheduler, loader, dataset, *, total_steps: int, epochs: int, per_device: int,
-            eval_every: int, checkpoint_every: int) -> float:
-        """The epochs of training; returns the last loss."""
+    # ------------------------------------------------------------------ the loop
+
+    def log_step(self, loss: float, lr: float, terms: dict[str, float]) -> None:
+        step = self.state.global_step
+        self.accelerator.log(
+            {"train/loss": loss, "train/lr": lr, **{f"train/{k}": v for k, v in terms.items()}}, step=step
+        )
+        if is_main_process():
+            record = {
+                "step": step,
+                "epoch": self.state.epoch,
+                "loss": loss,
+                "lr": lr,
+                "seconds": round(time.perf_counter() - self.started, 3),
+            }
+            append_records(self.run_dir / TRAIN_LOG_FILE, [{**record, **terms}])
+
+    def train(self) -> float:
+        """The epochs of training, validating every `eval.every_steps` and saving checkpoints; returns the last loss."""
         accelerator, state, optim = self.accelerator, self.state, self.recipe.optim
+        model, optimizer, scheduler, loader = self.model, self.optimizer, self.scheduler, self.loader
+        total_steps, epochs = self.total_steps, self.epochs
         last_loss = float("nan")
-        bar = progress(TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"))
+        bar = progress(self.console, TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"))
         model.train()
         with bar:
             task = bar.add_task("training", total=total_steps, completed=state.global_step, loss=float("nan"), lr=0.0)
             while state.global_step < total_steps and state.epoch < epochs:
                 loader.set_epoch(state.epoch)
-                dataset.set_epoch(state.epoch)
-                batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+                self.dataset.set_epoch(state.epoch)
+                batches = (
+                    accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+                )
                 for batch in batches:
                     try:
                         with accelerator.accumulate(model):
@@ -259,7 +359,7 @@ class _Loop:
                             scheduler.step()
                             optimizer.zero_grad()
                     except torch.cuda.OutOfMemoryError as error:
-                        raise _oom_error(error, per_device) from error
+                        raise _oom_error(error, self.per_device) from error
                     state.batches_in_epoch += 1
                     if not accelerator.sync_gradients:
                         continue
@@ -270,9 +370,9 @@ class _Loop:
                     if state.global_step % self.recipe.train.log_every_steps == 0:
                         self.log_step(last_loss, lr, {k: v.item() for k, v in output.terms.items()})
                     finished = state.global_step >= total_steps
-                    if state.global_step % eval_every == 0 or finished:
-                        self.validate(model)
-                    if state.global_step % checkpoint_every == 0 or finished:
+                    if state.global_step % self.eval_every == 0 or finished:
+                        self.validate()
+                    if state.global_step % self.checkpoint_every == 0 or finished:
                         self.save_checkpoint()
                     if finished:
                         return last_loss
@@ -289,59 +389,23 @@ class _Loop:
         if not bad:
             return
         terms = [name for name, value in output.terms.items() if not bool(torch.isfinite(value))]
-        value = output.loss.detach().item()
-        what = f"non-finite terms: {', '.join(terms)}" if terms else "every term is finite, their weighted sum is not"
         checkpoints = checkpoint_dirs(self.run_dir)
-        last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
-        optim = self.recipe.optim
-        raise RunError(
-            f"training diverged at step {self.state.global_step + 1}: the loss is {value} ({what}); {last}",
-            f"lower optim.lr (now {optim.lr:g}) or set optim.max_grad_norm (now {optim.max_grad_norm}, e.g. 1.0), "
-            f"then start again: {self.commands.restart()}",
-        )
+        raise TrainingDiverged(
+            self.state.global_step + 1, output.loss.detach().item(), terms, checkpoints[-1] if checkpoints else None,
+            run_dir=self.run_dir, lr=self.recipe.optim.lr, max_grad_norm=self.recipe.optim.max_grad_norm,
+            processes=self.accelerator.num_processes,
+        )  # fmt: skip
 
-    def test_best(self) -> dict[str, dict[str, float]]:
-        """The best model (model/) on the test split, written to metrics.jsonl and eval/ and printed."""
-        best = load_model(self.run_dir / MODEL_DIR).to(self.accelerator.device)
-        split = self.recipe.data.test_split
-        results = self.evaluate(best, split)
-        if self.accelerator.is_main_process:
-            where = {"step": self.state.best_step, "split": split}
-            append_records(self.run_dir / METRICS_FILE, ({**where, "lang": lang, **m} for lang, m in results.items()))
-            for lang, metrics in results.items():
-                write_eval_json(
-                    self.run_dir, lang, split, metrics, fusion=self.recipe.eval.fusion,
-                    fusion_mode=self.recipe.eval.fusion_mode, gallery=self.recipe.eval.gallery, corpus=self.corpus.path,
-                )
-            title = f"{self.run_dir.name}: best model (step {self.state.best_step}) on {split}"
-            console.print(metrics_table(results, title=title))
-        return results
+    def close(self) -> None:
+        """Free the prepared objects and end the trackers.
 
-
-class _Commands:
-    """The commands that continue or restart a run, and what it keeps, for messages."""
-
-    def __init__(self, recipe_file, overrides: Sequence[str], run_dir: Path, processes: int):
-        self.base = ["leccr", "train", str(recipe_file or "RECIPE.yaml"), "--output", str(run_dir)]
-        for override in overrides:
-            self.base += ["--set", override]
-        self.run_dir = run_dir
-        self.launcher = " (with the same launcher and number of processes)" if processes > 1 else ""
-
-    def resume(self) -> str:
-        return f"`{shlex.join(self.base + ['--resume', 'latest'])}`{self.launcher}"
-
-    def restart(self) -> str:
-        return f"`{shlex.join(self.base + ['--overwrite'])}`{self.launcher}"
-
-    def kept(self) -> str:
-        found = checkpoint_dirs(self.run_dir)
-        if not found:
-            return f"{self.run_dir} has no checkpoint yet"
-        return f"{self.run_dir} keeps {', '.join(p.name for p in found)} and its logs"
-
-    def resume_hint(self) -> str:
-        return f"continue with {self.resume()}" if checkpoint_dirs(self.run_dir) else f"start again with {self.restart()}"
+        The DDP wrapper is freed while every process still holds the process group: freeing it
+        after `end_training` destroyed the group can hang in gloo's teardown once a peer has exited.
+        """
+        self.accelerator.wait_for_everyone()
+        self.model = self.optimizer = self.loader = self.scheduler = None
+        self.accelerator.free_memory()
+        self.accelerator.end_training()
 
 
 def _nothing_to_keep(run_dir: Path) -> bool:
@@ -355,129 +419,71 @@ def train(
     *,
     resume: str | None = None,
     overwrite: bool = False,
-    runs_root: str | Path = "runs",
-    recipe_file: str | Path | None = None,
-    overrides: Sequence[str] = (),
+    runs_root: str | Path = RUNS_ROOT,
+    console: Console | None = None,
 ) -> TrainResult:
     """Train LECCR as the recipe says; returns the run folder and its best validation/test numbers.
 
-    `recipe_file` (the recipe's path, when it came from one) and `overrides` (its `--set`
-    values) only name it in hints. The main process holds the run folder's writer lock
-    (`leccr_cli.utils.fs.writer_lock`) throughout: a second `leccr train` into the same folder is
-    refused. A fresh run that stops before its first checkpoint (an error, Ctrl-C) leaves no
-    run folder behind.
+    The run goes to `output_dir` (default: runs/<recipe name>, -2, -3, ... when taken);
+    `resume` is `latest`, a checkpoint folder or a run folder; `overwrite` replaces a run that
+    is there. The main process holds the run folder's writer lock (`utils.fs.writer_lock`)
+    throughout: a second training run into the same folder is refused. A fresh run that stops
+    before its first checkpoint (an error, Ctrl-C) leaves no run folder behind; Ctrl-C raises
+    `TrainingInterrupted` (a `KeyboardInterrupt`) saying what is kept. Progress goes to `console`.
     """
     recipe = resolve_paths(recipe)
-    rebuild_from = str(recipe_file) if recipe_file is not None else "RECIPE"
     # -- where the run goes (every process decides the same before anything is created)
     run_dir = choose_run_dir(recipe, output_dir, resume, Path(runs_root))
-    accelerator = _make_accelerator(recipe, run_dir)
-    commands = _Commands(recipe_file, overrides, run_dir, accelerator.num_processes)
+    accelerator = make_accelerator(recipe, run_dir)
     accelerator.wait_for_everyone()
     existed = run_dir.exists()
-    main = accelerator.is_main_process
+    main = is_main_process()
     with writer_lock(run_dir) if main else contextlib.nullcontext():
         fresh = False
         try:
             check_run_dir(recipe, run_dir, resume=resume is not None, overwrite=overwrite)
             checkpoint = find_checkpoint(resume, run_dir) if resume is not None else None
             fresh = checkpoint is None
-            return _train_locked(recipe, run_dir, checkpoint, overwrite, accelerator, rebuild_from, commands)
+            trainer = Trainer(recipe, run_dir, accelerator, checkpoint=checkpoint, overwrite=overwrite, console=console)
+            return _run(trainer)
         except BaseException as error:
-            if main and run_dir.is_dir():
-                # nothing to resume: remove the folder, so that the next try starts clean
-                removable = (not existed and is_empty_folder(run_dir)) or (fresh and _nothing_to_keep(run_dir))
-                if isinstance(error, KeyboardInterrupt):
-                    if removable:
-                        message = (
-                            f"stopped before the first checkpoint: nothing to resume, so {run_dir} is removed; "
-                            f"start again with `{shlex.join(commands.base)}`"
-                        )
-                    else:
-                        message = f"{commands.kept()}; continue with {commands.resume()}"
-                    err_console.print(f"[yellow]interrupted:[/] {message}", soft_wrap=True, highlight=False)
-                if removable:
-                    shutil.rmtree(run_dir, ignore_errors=True)
+            present = main and run_dir.is_dir()
+            removable = present and (
+                (not existed and is_empty_folder(run_dir)) or (fresh and _nothing_to_keep(run_dir))
+            )
+            checkpoints = [folder.name for folder in checkpoint_dirs(run_dir)] if present else []
+            if removable:  # nothing to resume: remove the folder, so that the next try starts clean
+                shutil.rmtree(run_dir, ignore_errors=True)
+            if present and isinstance(error, KeyboardInterrupt) and not isinstance(error, TrainingInterrupted):
+                raise TrainingInterrupted(
+                    run_dir, removed=removable, checkpoints=checkpoints, processes=accelerator.num_processes
+                ) from None
             raise
 
 
-def _train_locked(
-    recipe: Recipe,
-    run_dir: Path,
-    checkpoint: Path | None,
-    overwrite: bool,
-    accelerator: Accelerator,
-    rebuild_from: str,
-    commands: _Commands,
-) -> TrainResult:
-    """`train` once the run folder is chosen, checked and locked."""
-    world = accelerator.num_processes
-    per_device = per_device_batch_size(recipe, world)
-
-    # -- the data first: a mistake there must not leave a run folder behind
-    corpus = ensure_corpus(recipe, accelerator)
-    model = build_model_for(recipe, corpus)
-    data = training_data(recipe, corpus, model, rebuild_from=rebuild_from)
-    for split in (recipe.data.val_split, recipe.data.test_split):
-        check_eval_languages(corpus, split, recipe.eval.langs or recipe.data.target_langs)
-    check_gallery_caches(recipe, corpus, model, rebuild_from=rebuild_from)
-
-    # -- the run folder (decided above, so every process agrees before the main one creates it)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and checkpoint is None:
-        create_run_dir(recipe, run_dir, overwrite=overwrite)
-    accelerator.wait_for_everyone()
-
-    optim = recipe.optim
-    loader = DataLoader(
-        data.dataset,
-        batch_size=per_device,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=data.collate,
-        num_workers=recipe.data.num_workers,
-        generator=torch.Generator().manual_seed(recipe.seed),
-    )
-    optimizer = build_optimizer(model, recipe)
-    steps_per_epoch = len(loader) // optim.gradient_accumulation_steps // world
-    total_steps = optim.max_steps or optim.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / max(1, steps_per_epoch))
-    scheduler = build_scheduler(optimizer, recipe, total_steps, world)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    loop = _Loop(recipe, run_dir, corpus, accelerator, rebuild_from, commands)
-    if checkpoint is not None:
-        loop.resume(checkpoint)
-    if recipe.train.log_with != "none":
-        accelerator.init_trackers(recipe.name, config=_flatten(recipe_to_dict(recipe)))
-    eval_every = recipe.eval.every_steps or steps_per_epoch
+def _run(trainer: Trainer) -> TrainResult:
+    """Set up, train and test a run; a full disk while writing `model/`, a log or an eval file is a `RunNotSaved`."""
+    trainer.setup()
     try:
-        last_loss = loop.run(
-            model,
-            optimizer,
-            scheduler,
-            loader,
-            data.dataset,
-            total_steps=total_steps,
-            epochs=epochs,
-            per_device=per_device,
-            eval_every=eval_every,
-            checkpoint_every=recipe.train.checkpoint_every_steps or eval_every,
-        )
-        test_results = loop.test_best()
+        last_loss = trainer.train()
+        test_results = trainer.test()
     except (OSError, RuntimeError, SafetensorError) as error:  # writing model/, logs or eval files
         if not is_disk_full(error):
             raise
-        where = getattr(error, "filename", None) or run_dir
-        raise RunError(
-            f"disk full while writing {where} ({free_space(run_dir)} free there); {commands.kept()}",
-            "free some space, then " + commands.resume_hint(),
-        ) from None
-    # Free the DDP wrapper while every process still holds the process group: freeing it after
-    # `end_training` destroyed the group can hang in gloo's teardown once a peer has exited.
-    accelerator.wait_for_everyone()
-    del model, optimizer, loader, scheduler
-    accelerator.free_memory()
-    accelerator.end_training()
-    state = loop.state
-    return TrainResult(run_dir, state.global_step, state.best_step, state.best_score, test_results, last_loss)
+        where = getattr(error, "filename", None) or trainer.run_dir
+        raise RunNotSaved(
+            f"disk full while writing {where} ({free_space(trainer.run_dir)} free there)",
+            run_dir=trainer.run_dir, checkpoints=trainer.checkpoint_names(), disk_full=True,
+            processes=trainer.accelerator.num_processes,
+        ) from None  # fmt: skip
+    trainer.close()
+    state = trainer.state
+    return TrainResult(
+        trainer.run_dir,
+        state.global_step,
+        state.best_step,
+        state.best_score,
+        test_results,
+        last_loss,
+        trainer.recipe.data.test_split,
+    )

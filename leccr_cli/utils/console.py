@@ -1,8 +1,13 @@
-"""The rich consoles and the progress-bar factory shared by every command."""
+"""Progress on a console the caller passes: the core draws bars there and prints nothing itself.
+
+Every long job of the core takes `console` (a `rich.console.Console`, or None for silence);
+the command line passes its stderr console. Bars are drawn by the main process only.
+"""
 
 from __future__ import annotations
 
-import os
+import contextlib
+from typing import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -16,13 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-def is_main_process() -> bool:
-    """True unless this is a secondary process of a distributed launch."""
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+from leccr_cli.utils.devices import is_main_process
 
 
 class RateColumn(ProgressColumn):
@@ -37,15 +36,12 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.2f} {self.unit}/s" if speed else "", style="progress.data.speed")
 
 
-def progress(*extra_columns, disable: bool | None = None, transient: bool = False) -> Progress:
-    """A progress bar on stderr with count, rate-friendly extra columns and ETA.
+def progress(console: Console | None, *extra_columns, transient: bool = False) -> Progress:
+    """A progress bar on `console` with count, extra columns and ETA; silent without a console and off the main process.
 
-    Silent on non-main processes and when `disable` is true; a `transient` bar disappears when done.
+    A `transient` bar disappears when done (and is not drawn where the console is not a terminal).
     """
-    if disable is None:
-        disable = not is_main_process()
-    # a transient bar shows nothing worth keeping in a log (and leaves an empty line there)
-    disable = disable or (transient and not err_console.is_terminal)
+    disable = console is None or not is_main_process() or (transient and not console.is_terminal)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -53,7 +49,23 @@ def progress(*extra_columns, disable: bool | None = None, transient: bool = Fals
         *extra_columns,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=console,
         disable=disable,
         transient=transient,
     )
+
+
+@contextlib.contextmanager
+def status(console: Console | None, message: str) -> Iterator[None]:
+    """A spinner with `message` on `console` while the block runs (none without a console or off the main process)."""
+    if console is None or not is_main_process():
+        yield
+        return
+    with console.status(message):
+        yield
+
+
+def say(console: Console | None, message: str) -> None:
+    """One line on `console` from the main process (nothing without a console)."""
+    if console is not None and is_main_process():
+        console.print(message, soft_wrap=True, highlight=False)

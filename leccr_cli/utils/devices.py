@@ -11,11 +11,15 @@ import os
 
 import torch
 
-from leccr_cli.errors import LeccrError
+from leccr_cli.defaults import DTYPE_ALIASES, DTYPES
+from leccr_cli.errors import InvalidArgument, LeccrError, Param, one_of, parts
 
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def is_main_process() -> bool:
+    """True unless this is a secondary process of a distributed launch (the one test of "main process")."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def is_distributed_launch() -> bool:
@@ -23,7 +27,7 @@ def is_distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def process_state(device: str | None = None):
+def process_state(device: str | torch.device | None = None):
     """accelerate's `PartialState`, joining the processes of a launch (gloo on the CPU, NCCL on GPUs).
 
     `PartialState` alone only joins CPU processes when told `cpu=True` (`accelerate launch --cpu`
@@ -33,46 +37,58 @@ def process_state(device: str | None = None):
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    cpu = device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    cpu = on_cpu or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     return PartialState(cpu=cpu)
 
 
 def check_device(device: str) -> torch.device:
-    """`device` as a torch device; a malformed name or an unavailable CUDA device is a `LeccrError`."""
+    """`device` as a torch device; a malformed name or an unavailable CUDA device is an `InvalidArgument`."""
+
+    def refused(problem: str) -> InvalidArgument:
+        return InvalidArgument(
+            "device",
+            device,
+            "cpu, cuda or cuda:N",
+            "use cpu, cuda or cuda:N",
+            message=parts(Param("device", device, quote=True), problem),
+        )
+
     try:
         chosen = torch.device(device)
     except RuntimeError:
-        raise LeccrError(f"--device {device!r} is not a device", "use cpu, cuda or cuda:N") from None
+        raise refused(" is not a device") from None
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
-            raise LeccrError(f"--device {device}: CUDA is not available here", "use --device cpu")
+            raise InvalidArgument("device", device, "CUDA is not available here", parts("use ", Param("device", "cpu")))
         if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise LeccrError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices",
+            raise InvalidArgument(
+                "device", device, f"this machine has {torch.cuda.device_count()} CUDA devices",
                 f"use cuda:0 ... cuda:{torch.cuda.device_count() - 1}",
-            )
+            )  # fmt: skip
     elif chosen.type != "cpu":
-        raise LeccrError(f"--device {device!r} is not supported", "use cpu, cuda or cuda:N")
+        raise refused(" is not supported")
     return chosen
 
 
 def select_device(device: str | None = None) -> torch.device:
     """The device to run on: `device` if given (checked), else this process's GPU if any, else the CPU.
 
-    Also sets up the process state of a distributed launch (see `process_state`).
+    Under a distributed launch a process's GPU is `cuda:<LOCAL_RANK>`. Nothing else happens:
+    work that spans the processes joins them with `process_state`.
     """
-    chosen = check_device(device) if device is not None else None
-    state = process_state(device)
-    if chosen is not None:
-        return chosen
-    return torch.device("cpu") if state.device.type == "cpu" else state.device
+    if device is not None:
+        return check_device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
 
 
 def parse_dtype(name: str) -> str:
     """The canonical name (auto, bf16, fp16, fp32) of a dtype name or alias; anything else is a `LeccrError`."""
     canonical = DTYPE_ALIASES.get(str(name).lower(), str(name).lower())
     if canonical not in DTYPES:
-        raise LeccrError(f"--dtype {name!r} is not supported", f"use one of {', '.join(DTYPES)}")
+        one_of("dtype", name, DTYPES)
     return canonical
 
 

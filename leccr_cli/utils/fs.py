@@ -39,7 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from leccr_cli.errors import LeccrError
+from leccr_cli.errors import DiskFull, FolderBusy, LeccrError, Param, parts
 
 LOCK_FILE = ".leccr.lock"
 JOURNAL_SUFFIX = ".replace"
@@ -95,7 +95,7 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     if target.exists() and not target.is_dir():
         raise LeccrError(f"{target} exists and is not a folder", "choose another output path")
     if target.is_dir() and not is_empty_folder(target) and not overwrite:
-        raise LeccrError(f"{target} exists and is not empty", "pass --overwrite to replace it, or choose another path")
+        raise LeccrError(f"{target} exists and is not empty", output_taken_hint())
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(target)
     temporary.mkdir()
@@ -110,6 +110,11 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
         if not journal_path(target).exists():
             shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def output_taken_hint():
+    """What to do about an output folder that holds something already."""
+    return parts("pass ", Param("overwrite", True), " to replace it, or choose another path")
 
 
 # ------------------------------------------------------------------ journaled replacement
@@ -303,10 +308,6 @@ def clear_folder(folder: Path) -> None:
 # ------------------------------------------------------------------------- writer lock
 
 
-class FolderBusy(LeccrError):
-    """Another command holds the writer lock of a folder."""
-
-
 _held: dict[str, list] = {}  # lock file path -> [fd, depth], for re-entrant locking
 
 
@@ -354,10 +355,7 @@ def writer_lock(folder: str | Path, *, clean: bool = True) -> Iterator[Path]:
             raise
         holder = _holder(fd)
         os.close(fd)
-        raise FolderBusy(
-            f"{folder} is being written by {holder}",
-            "wait for it to finish or stop it; commands that only read it (train, evaluate, data info) work meanwhile",
-        ) from None
+        raise FolderBusy(folder, holder) from None
     _held[key] = [fd, 1]
     try:
         info = {"pid": os.getpid(), "command": command_line(), "host": socket.gethostname(), "started": time.time()}
@@ -401,18 +399,12 @@ def free_space(path: str | Path) -> str:
     return f"{free:.1f} TB"
 
 
-def disk_full_error(error: BaseException, path: str | Path, kept: str) -> LeccrError:
-    """The one-line error for a full disk while writing `path`; `kept` says what is kept and how to go on."""
-    where = getattr(error, "filename", None) or path
-    return LeccrError(f"disk full while writing {where} ({free_space(path)} free there); {kept}", "free some space first")
-
-
 @contextlib.contextmanager
 def disk_full_reported(path: str | Path, kept: str) -> Iterator[None]:
-    """Turn a full disk inside the block into `disk_full_error(..., path, kept)`."""
+    """Turn a full disk inside the block into a `DiskFull` naming the file, the free space and what is `kept`."""
     try:
         yield
     except (OSError, RuntimeError) as error:
         if not is_disk_full(error):
             raise
-        raise disk_full_error(error, path, kept) from None
+        raise DiskFull(getattr(error, "filename", None) or path, free_space(path), kept) from None

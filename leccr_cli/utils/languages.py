@@ -22,7 +22,11 @@ def check_language(code: str) -> str:
         import difflib
 
         close = difflib.get_close_matches(str(code).lower(), sorted(ISO_639_1), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else "use two-letter ISO 639-1 codes such as de, fr, cs, ja, zh"
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else "use two-letter ISO 639-1 codes such as de, fr, cs, ja, zh"
+        )
         raise LeccrError(f"unknown language code {code!r}", hint)
     return code
 

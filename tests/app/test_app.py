@@ -12,15 +12,19 @@ from typer.testing import CliRunner
 
 from leccr_cli.cli.main import app as cli
 from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.retrieval.evaluate import encode_gallery, encode_texts, query_captions
+from leccr_cli.retrieval.encode import encode_gallery, encode_texts
+from leccr_cli.retrieval.evaluate import query_captions
 from leccr_cli.retrieval.index.builder import build_index
 from leccr_cli.retrieval.metrics import retrieval_ranks_from_rows
 from leccr_cli.runs.layout import load_run
 from leccr_cli.retrieval.search import Searcher
+from leccr_cli.model.explain import slot_words
 from leccr_cli.testing import single_error_line
 
 runner = CliRunner()
-needs_gradio = pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="the app extra (gradio) is not installed")
+needs_gradio = pytest.mark.skipif(
+    importlib.util.find_spec("gradio") is None, reason="the app extra (gradio) is not installed"
+)
 QUERY = "ein kleiner roter Kreis"
 
 
@@ -55,7 +59,7 @@ def test_search_gives_the_index_gallery_with_scores_and_descriptions(run_app):
 @needs_gradio
 def test_the_slot_view_shows_each_slot_over_the_description_words(run_app):
     hit = run_app.search(QUERY, 1)[0]
-    words, slots = run_app.slot_words(hit.description)
+    words, slots = slot_words(run_app.model, hit.description)
     assert words[:3] == hit.description.split()[:3] and len(slots) == run_app.model.config.num_slots
     for slot in slots:
         assert len(slot.weights) == len(words) and sum(slot.weights) == pytest.approx(1.0)
@@ -63,7 +67,9 @@ def test_the_slot_view_shows_each_slot_over_the_description_words(run_app):
     assert "slot 1" in view and "slot 2" in view and "most attended words" in view
     shaded = re.findall(r"<td>((?:(?!</td>).)*)</td></tr>", view)
     assert len(shaded) == len(slots)
-    assert all(html.unescape(re.sub(r"<[^>]+>", "", cell)) == hit.description for cell in shaded)  # the words in their places
+    assert all(
+        html.unescape(re.sub(r"<[^>]+>", "", cell)) == hit.description for cell in shaded
+    )  # the words in their places
 
 
 def test_slot_attention_is_the_last_slot_layer_s_attention_over_the_description(trained_run):
@@ -95,10 +101,14 @@ def test_test_queries_mark_the_ground_truth_at_evaluate_rank(run_app, trained_ru
     recipe, model = load_run(trained_run)
     corpus = Corpus.open(synthetic_corpus)
     texts, owners = query_captions(corpus, "test", "cs")
-    image_ids, gallery = encode_gallery(model, corpus, "test", recipe)
-    embeds = encode_texts(model, texts, recipe)
+    image_ids, gallery = encode_gallery(
+        model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size
+    )
+    embeds = encode_texts(model, texts, batch_size=recipe.eval.batch_size)
     labels = [image_ids.index(o) for o in owners]
-    ranks = retrieval_ranks_from_rows(lambda a, b: model.score(embeds[a:b], gallery), len(texts), len(image_ids), labels).t2i
+    ranks = retrieval_ranks_from_rows(
+        lambda a, b: model.score(embeds[a:b], gallery), len(texts), len(image_ids), labels
+    ).t2i
     assert run_app.test_captions("cs") == list(zip(texts, owners))
     for position in range(len(texts)):
         hits, owner, rank = run_app.test_query("cs", position, 3)
@@ -125,7 +135,9 @@ def test_test_queries_rank_against_the_language_gallery_as_evaluate_does(trained
     kept = [c for c in corpus.captions() if not (c.split == "test" and c.lang == "cs" and c.image_id not in own)]
     shutil.rmtree(folder / "captions")
     save_string_dataset({column: [getattr(c, column) for c in kept] for column in CAPTION_COLUMNS}, folder / "captions")
-    save_string_dataset({"image_id": own, "split": ["test"] * len(own), "lang": ["cs"] * len(own)}, folder / "galleries")
+    save_string_dataset(
+        {"image_id": own, "split": ["test"] * len(own), "lang": ["cs"] * len(own)}, folder / "galleries"
+    )
     run = tmp_path / "run"
     shutil.copytree(trained_run / "model", run / "model")
     raw = yaml.safe_load((trained_run / "recipe.yaml").read_text())
@@ -137,8 +149,10 @@ def test_test_queries_rank_against_the_language_gallery_as_evaluate_does(trained
     recipe, model = load_run(run)
     corpus = Corpus.open(folder)
     texts, owners = query_captions(corpus, "test", "cs")
-    _, gallery = encode_gallery(model, corpus, "test", recipe, image_ids=own)
-    embeds = encode_texts(model, texts, recipe)
+    _, gallery = encode_gallery(
+        model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size, image_ids=own
+    )
+    embeds = encode_texts(model, texts, batch_size=recipe.eval.batch_size)
     labels = [own.index(o) for o in owners]
     ranks = retrieval_ranks_from_rows(lambda a, b: model.score(embeds[a:b], gallery), len(texts), len(own), labels).t2i
     found = [app.test_query("cs", position, 3) for position in range(len(texts))]
@@ -163,25 +177,31 @@ def test_the_run_tab_reads_the_logs(run_app, trained_run):
 def test_the_app_serves_the_three_tabs_over_http(run_app):
     from gradio_client import Client
 
-    from leccr_cli.app.logic import serve
+    from leccr_cli.app.ui import serve
 
     blocks, url = serve(run_app, host="127.0.0.1", port=_free_port(), block=False)
     try:
         assert url.startswith("http://127.0.0.1:")
         client = Client(url, verbose=False)
         gallery, table, details, note = client.predict(QUERY, 4, 1.0, api_name="/search")
-        assert [item["caption"] for item in gallery] == [caption for _, caption in run_app.gallery(run_app.search(QUERY, 4))]
+        assert [item["caption"] for item in gallery] == [
+            caption for _, caption in run_app.gallery(run_app.search(QUERY, 4))
+        ]
         assert [row[2] for row in table["data"]] == [h.image_id for h in run_app.search(QUERY, 4)]
         assert "slot 1" in details
         tested, verdict = client.predict("de", 0, 5, api_name="/test_query")
         _, owner, rank = run_app.test_query("de", 0, 5)
-        assert f"Ground truth **{owner}**" in verdict and any(item["caption"].startswith(f"✔ #{rank}  ") for item in tested)
+        assert f"Ground truth **{owner}**" in verdict and any(
+            item["caption"].startswith(f"✔ #{rank}  ") for item in tested
+        )
         assert (f"rank {rank} of 15" in verdict) or (rank == 1 and "rank 1 of 15" in verdict)
         evaluation, validation, losses = client.predict(api_name="/run_logs")
         expected = run_app.validation_curve().values.tolist()
         assert [row[:2] for row in validation["data"]] == [row[:2] for row in expected]
         assert [row[2] for row in validation["data"]] == pytest.approx([row[2] for row in expected])
-        assert len(losses["data"]) == len(run_app.loss_curves()) and len(evaluation["data"]) == len(run_app.eval_table())
+        assert len(losses["data"]) == len(run_app.loss_curves()) and len(evaluation["data"]) == len(
+            run_app.eval_table()
+        )
     finally:
         blocks.close()
 

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from leccr_cli import __version__
@@ -24,10 +25,18 @@ def test_version():
     assert result.output.strip() == f"leccr {__version__}"
 
 
+@pytest.mark.slow
 def test_startup_does_not_import_heavy_libraries():
-    code = "import sys, leccr_cli.cli.main; print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    heavy = "('torch', 'transformers', 'datasets', 'gradio')"
+    for start in (
+        "import leccr_cli.cli.main",
+        "from leccr_cli.cli.main import main; main(['--help'])",
+        "import leccr_cli as L; L.__all__",
+    ):
+        code = (f"import sys\ntry:\n    {start}\nexcept SystemExit:\n    pass\nprint(sorted(m for m in {heavy} if m in "
+            f"sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip().splitlines()[-1] == "[]", start
 
 
 def test_user_error_is_one_red_line_with_exit_code_2(tmp_path, monkeypatch):
@@ -49,6 +58,7 @@ def test_debug_env_shows_the_traceback(tmp_path, monkeypatch):
     assert isinstance(result.exception, CorpusError)
 
 
+@pytest.mark.slow
 def test_console_script_exit_code(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "leccr_cli", "data", "info", str(tmp_path / "nowhere")], capture_output=True, text=True
@@ -76,12 +86,23 @@ def _commands(synthetic_corpus, tiny_llava_dir, tiny_marian_dir, tmp_path):
     """caption, translate and build-slots on the same corpus, as argument lists missing --dtype/--split."""
     return {
         "caption": ["caption", str(synthetic_corpus), "--model", str(tiny_llava_dir)],
-        "translate": ["translate", str(synthetic_corpus), "--to", "de", "--engine", "auto", "--model", str(tiny_marian_dir)],
+        "translate": [
+            "translate",
+            str(synthetic_corpus),
+            "--to",
+            "de",
+            "--engine",
+            "auto",
+            "--model",
+            str(tiny_marian_dir),
+        ],
         "build-slots": ["build-slots", str(_frozen_recipe(synthetic_corpus, tmp_path))],
     }
 
 
-def test_dtype_and_split_are_spelled_alike_everywhere(synthetic_corpus, tiny_llava_dir, tiny_marian_dir, tmp_path, monkeypatch):
+def test_dtype_and_split_are_spelled_alike_everywhere(
+    synthetic_corpus, tiny_llava_dir, tiny_marian_dir, tmp_path, monkeypatch
+):
     monkeypatch.delenv("LECCR_DEBUG", raising=False)
     for name, args in _commands(synthetic_corpus, tiny_llava_dir, tiny_marian_dir, tmp_path).items():
         bad_dtype = runner.invoke(app, args + ["--dtype", "float64"])
@@ -95,5 +116,12 @@ def test_dtype_and_split_are_spelled_alike_everywhere(synthetic_corpus, tiny_lla
 def test_dtype_aliases_name_the_same_dtype():
     from leccr_cli.utils.devices import parse_dtype
 
-    for alias, canonical in (("bfloat16", "bf16"), ("float16", "fp16"), ("half", "fp16"), ("float32", "fp32"), ("FP32", "fp32"), ("auto", "auto")):
+    for alias, canonical in (
+        ("bfloat16", "bf16"),
+        ("float16", "fp16"),
+        ("half", "fp16"),
+        ("float32", "fp32"),
+        ("FP32", "fp32"),
+        ("auto", "auto"),
+    ):
         assert parse_dtype(alias) == canonical

@@ -112,7 +112,12 @@ def test_bad_label_files_are_one_red_line(tmp_path, saved, content, message):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{\"a\": 1}", "JSON list"), ("[0, 1.0]", "entry 1 is 1.0"), ("[0, true]", "entry 1 is True"), ("[0,", "not valid JSON")],
+    [
+        ("{\"a\": 1}", "JSON list"),
+        ("[0, 1.0]", "entry 1 is 1.0"),
+        ("[0, true]", "entry 1 is True"),
+        ("[0,", "not valid JSON"),
+    ],
 )
 def test_bad_json_labels_are_refused(tmp_path, content, message):
     from leccr_cli.errors import EvaluationError
@@ -126,7 +131,9 @@ def test_bad_json_labels_are_refused(tmp_path, content, message):
 def test_bad_score_files_are_one_red_line(tmp_path, saved):
     _, labels = saved
     missing = tmp_path / "missing.safetensors"
-    assert f"{missing}: no such file" in single_error_line(runner.invoke(app, ["evaluate", "--scores", str(missing), "--labels", str(labels)]))
+    assert f"{missing}: no such file" in single_error_line(
+        runner.invoke(app, ["evaluate", "--scores", str(missing), "--labels", str(labels)])
+    )
 
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
@@ -173,10 +180,14 @@ def test_json_into_a_folder_or_an_unwritable_place_is_refused_up_front(tmp_path,
     scores, labels = saved
     folder = tmp_path / "out"
     folder.mkdir()
-    line = single_error_line(runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels), "--json", str(folder)]))
+    line = single_error_line(
+        runner.invoke(app, ["evaluate", "--scores", str(scores), "--labels", str(labels), "--json", str(folder)])
+    )
     assert f"--json {folder} is a folder" in line
     args = ["--scores", str(scores), "--labels", str(labels), "--json", str(labels / "m.json")]
-    assert f"--json {labels / 'm.json'}: {labels} is not a folder" in single_error_line(runner.invoke(app, ["evaluate", *args]))
+    assert f"--json {labels / 'm.json'}: {labels} is not a folder" in single_error_line(
+        runner.invoke(app, ["evaluate", *args])
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.txt", "out", "system.safetensors"]
     assert list(folder.iterdir()) == []  # no temporary file anywhere
     locked = tmp_path / "locked"
@@ -190,11 +201,11 @@ def test_json_into_a_folder_or_an_unwritable_place_is_refused_up_front(tmp_path,
 
 def test_write_metrics_json_into_a_folder_leaves_no_temporary(tmp_path):
     from leccr_cli.errors import EvaluationError
-    from leccr_cli.retrieval.metrics import write_metrics_json
+    from leccr_cli.runs.logs import write_json
 
     (tmp_path / "taken").mkdir()
     with pytest.raises(EvaluationError, match="cannot write"):
-        write_metrics_json({"sumr": float("nan")}, tmp_path / "taken")
+        write_json({"sumr": float("nan")}, tmp_path / "taken")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
-    written = write_metrics_json({"sumr": float("nan"), "nested": {"r1": float("inf")}}, tmp_path / "m.json")
+    written = write_json({"sumr": float("nan"), "nested": {"r1": float("inf")}}, tmp_path / "m.json")
     assert json.loads(written.read_text()) == {"sumr": None, "nested": {"r1": None}}

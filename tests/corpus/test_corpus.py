@@ -4,6 +4,7 @@ import pytest
 
 from leccr_cli.corpus.corpus import Caption, Corpus, GalleryRow, ImageRow, translated_cap_id, write_corpus
 from leccr_cli.errors import CorpusError, LeccrError
+from leccr_cli.testing import raises_on_command_line
 
 IMAGES = [ImageRow("a", "train", "a.jpg"), ImageRow("b", "test", "b.jpg")]
 CAPTIONS = [
@@ -21,7 +22,9 @@ def _write(out, **kwargs):
 
 
 def test_round_trip(tmp_path):
-    corpus = _write(tmp_path / "c", descriptions={"llava": [{"image_id": "a", "text": "d", "model": "m", "prompt": "p"}]})
+    corpus = _write(
+        tmp_path / "c", descriptions={"llava": [{"image_id": "a", "text": "d", "model": "m", "prompt": "p"}]}
+    )
     again = Corpus.open(tmp_path / "c")
     assert again.languages == ["de", "en"] and again.splits == ["train", "test"]
     assert again.captions() == CAPTIONS
@@ -40,7 +43,7 @@ def test_lookup_errors_list_what_exists(tmp_path):
         corpus.captions("val")
     with pytest.raises(CorpusError, match="no captions in language 'cs'.*available: de, en"):
         corpus.captions(lang="cs")
-    with pytest.raises(CorpusError, match="no descriptions from 'llava'.*leccr caption"):
+    with raises_on_command_line(CorpusError, "no descriptions from 'llava'.*leccr caption", "caption"):
         corpus.descriptions("llava")
 
 
@@ -88,7 +91,7 @@ def test_non_empty_output_needs_overwrite(tmp_path):
     out = tmp_path / "c"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(LeccrError, match="exists and is not empty.*--overwrite"):
+    with raises_on_command_line(LeccrError, "exists and is not empty.*--overwrite", "data synth"):
         _write(out)
     assert (out / "keep.txt").read_text() == "mine"
     _write(out, overwrite=True)
@@ -112,7 +115,14 @@ def test_open_errors(tmp_path):
         Corpus.open(corpus.path)
 
 
-GOOD_META = {"name": "toy", "modality": "image", "languages": ["de", "en"], "splits": ["train", "test"], "media_root": "/m", "version": 1}
+GOOD_META = {
+    "name": "toy",
+    "modality": "image",
+    "languages": ["de", "en"],
+    "splits": ["train", "test"],
+    "media_root": "/m",
+    "version": 1,
+}
 
 
 @pytest.mark.parametrize(
@@ -152,7 +162,9 @@ def test_corpus_json_must_be_an_object(tmp_path):
     assert Corpus.open(corpus.path).splits == ["train", "test"]
 
 
-GALLERY_IMAGES = [ImageRow(i, "test", f"{i}.jpg") for i in ("j1", "b1", "z1", "j2", "z2")] + [ImageRow("a", "train", "a.jpg")]
+GALLERY_IMAGES = [ImageRow(i, "test", f"{i}.jpg") for i in ("j1", "b1", "z1", "j2", "z2")] + [
+    ImageRow("a", "train", "a.jpg")
+]
 GALLERY_CAPTIONS = [
     Caption("j1#ja#0", "j1", "test", "ja", "human", "犬"),
     Caption("j2#ja#0", "j2", "test", "ja", "human", "猫"),
@@ -187,7 +199,9 @@ def test_language_galleries_round_trip(tmp_path):
     # rewriting the captions keeps the galleries, and still checks them
     corpus.add_captions([Caption("j2#ja2en#0", "j2", "test", "en", "mt", "A cat.", "j2#ja#0", "m")])
     assert Corpus.open(tmp_path / "c").gallery("test", "ja") == ["j1", "j2"]
-    with pytest.raises(CorpusError, match="'z1#ja#0' is of image 'z1', which the gallery of split 'test', language 'ja' lacks"):
+    with pytest.raises(
+        CorpusError, match="'z1#ja#0' is of image 'z1', which the gallery of split 'test', language 'ja' lacks"
+    ):
         corpus.add_captions([Caption("z1#ja#0", "z1", "test", "ja", "human", "犬")])
 
 
@@ -200,11 +214,20 @@ def test_corpus_without_galleries_reads_as_before(tmp_path):
 @pytest.mark.parametrize(
     "galleries, message",
     [
-        ([GalleryRow("a", "test", "ja")], r"gallery of split 'test', language 'ja': image 'a' is not listed in split 'test'"),
-        ([GalleryRow("j1", "val", "ja")], r"gallery of split 'val', language 'ja': image 'j1' is not listed in split 'val'"),
+        (
+            [GalleryRow("a", "test", "ja")],
+            r"gallery of split 'test', language 'ja': image 'a' is not listed in split 'test'",
+        ),
+        (
+            [GalleryRow("j1", "val", "ja")],
+            r"gallery of split 'val', language 'ja': image 'j1' is not listed in split 'val'",
+        ),
         ([GalleryRow("j1", "test", "ja")] * 2 + [GalleryRow("j2", "test", "ja")], r"image 'j1' is listed twice"),
         ([GalleryRow("j1", "test", "de")], r"language 'de': the corpus has no captions in 'de'"),
-        ([GalleryRow("j1", "test", "ja")], r"caption 'j2#ja#0' is of image 'j2', which the gallery of split 'test', language 'ja' lacks"),
+        (
+            [GalleryRow("j1", "test", "ja")],
+            r"caption 'j2#ja#0' is of image 'j2', which the gallery of split 'test', language 'ja' lacks",
+        ),
     ],
 )
 def test_bad_galleries_are_refused(tmp_path, galleries, message):

@@ -78,6 +78,7 @@ def test_a_rerun_adds_new_images_and_keeps_descriptions(photos, tmp_path):
     assert import_images(photos, out, split="extra").corpus.splits == ["extra", "gallery"]
 
 
+@pytest.mark.slow
 def test_a_rerun_holds_the_corpus_writer_lock(photos, tmp_path):
     out = tmp_path / "corpus"
     import_images(photos, out)
@@ -113,7 +114,9 @@ def test_bad_places_are_refused(photos, tmp_path):
         assert message in single_error_line(runner.invoke(app, ["data", "import-images", *args]))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "holds no images" in single_error_line(runner.invoke(app, ["data", "import-images", str(empty), str(tmp_path / "e")]))
+    assert "holds no images" in single_error_line(
+        runner.invoke(app, ["data", "import-images", str(empty), str(tmp_path / "e")])
+    )
     other = tmp_path / "other"
     _image(other / "x.png")
     import_images(other, tmp_path / "theirs")

@@ -8,6 +8,7 @@ from leccr_cli.cli.main import app
 from leccr_cli.corpus.corpus import Corpus
 from leccr_cli.corpus.importers.multi30k import import_multi30k
 from leccr_cli.errors import CorpusError
+from leccr_cli.testing import raises_on_command_line
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,11 @@ def test_missing_images_are_named(multi30k_text, flickr_placeholders, tmp_path):
     shutil.copytree(flickr_placeholders, images)
     (images / "1018148011.jpg").unlink()
     (images / "1029450589.jpg").unlink()
-    with pytest.raises(CorpusError, match=r"2 of \d+ listed images are missing .*1018148011.jpg.*--allow-missing-images"):
+    with raises_on_command_line(
+        CorpusError,
+        r"2 of \d+ listed images are missing .*1018148011.jpg.*--allow-missing-images",
+        "data import-multi30k",
+    ):
         import_multi30k(multi30k_text, images, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     report = import_multi30k(multi30k_text, images, tmp_path / "out", allow_missing_images=True, task2=False)
@@ -94,7 +99,7 @@ def test_bad_text_inputs(tmp_path):
     _tiny_layout(root, ["A dog.", "  "], ["Ein Hund.", "Eine Katze."], ["1.jpg", "2.jpg"])
     with pytest.raises(CorpusError, match=r"val.en.gz:2: empty caption for image 2.jpg"):
         import_multi30k(root, images, tmp_path / "out")
-    with pytest.raises(CorpusError, match="--images .*no such folder"):
+    with raises_on_command_line(CorpusError, "--images .*no such folder", "data import-multi30k"):
         import_multi30k(root, tmp_path / "noimages", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -120,15 +125,36 @@ def test_cli_with_flickr30k_captions(multi30k_text, flickr_placeholders, tmp_pat
     out = tmp_path / "m"
     result = runner.invoke(
         app,
-        ["data", "import-multi30k", str(out), "--text", str(multi30k_text), "--images", str(flickr_placeholders),
-         "--no-task2", "--flickr30k-captions", str(token)],
+        [
+            "data",
+            "import-multi30k",
+            str(out),
+            "--text",
+            str(multi30k_text),
+            "--images",
+            str(flickr_placeholders),
+            "--no-task2",
+            "--flickr30k-captions",
+            str(token),
+        ],
     )
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "train 29000, val 1014, test 1000 images" in output
-    assert "Flickr30K: 144990 English captions for 28998 of 29000 training images (replacing their task1 English caption)" in output
-    assert f"2 images of results_20130124.token (10 captions) not among the Multi30K training images, ignored (first: {val_name}, {test_name})" in output
-    assert f"2 training images without a Flickr30K caption in results_20130124.token keep the task1 English caption (first: {train_names[-2]}, {train_names[-1]})" in output
+    assert (
+        "Flickr30K: 144990 English captions for 28998 of 29000 training images (replacing their task1 English caption)"
+        in output
+    )
+    assert (
+        f"2 images of results_20130124.token (10 captions) not among the Multi30K training images, ignored (first: "
+        f"{val_name}, {test_name})"
+        in output
+    )
+    assert (
+        f"2 training images without a Flickr30K caption in results_20130124.token keep the task1 English caption "
+        f"(first: {train_names[-2]}, {train_names[-1]})"
+        in output
+    )
 
     corpus = Corpus.open(out)
     english = corpus.captions("train", "en")
@@ -197,7 +223,9 @@ def small_multi30k(multi30k_text, tmp_path):
 
 
 def _token_file(path, captions=FLICKR30K):
-    path.write_text("".join(f"{name}#{n}\t{text}\n" for name, texts in captions.items() for n, text in enumerate(texts)))
+    path.write_text(
+        "".join(f"{name}#{n}\t{text}\n" for name, texts in captions.items() for n, text in enumerate(texts))
+    )
     return path
 
 
@@ -219,27 +247,47 @@ def test_flickr30k_caption_formats(small_multi30k, tmp_path, write):
     for name in ("1000092795.jpg", "10002456.jpg", "1000268201.jpg"):
         stem = name[:-4]
         assert english[stem] == [(f"{stem}#en#{n}", t, "human") for n, t in enumerate(FLICKR30K[name])]
-    assert english["1000344755"] == [("1000344755#en#0", "A man in a blue shirt is standing on a ladder cleaning a window.", "human")]
+    assert english["1000344755"] == [
+        ("1000344755#en#0", "A man in a blue shirt is standing on a ladder cleaning a window.", "human")
+    ]
     assert [c.cap_id for c in corpus.captions("train", "de")][:2] == ["1000092795#de#0", "10002456#de#0"]
     assert corpus.captions("val", "en")[0].cap_id == "1018148011#en#0"  # val keeps task1
     assert report.notes == [
-        f"Flickr30K: 15 English captions for 3 of 4 training images (replacing their task1 English caption) from {captions_file}",
-        f"Flickr30K: 1 image of {captions_file.name} (1 caption) not among the Multi30K training images, ignored (first: 1018148011.jpg)",
+        f"Flickr30K: 15 English captions for 3 of 4 training images (replacing their task1 English caption) from "
+        f"{captions_file}",
+        f"Flickr30K: 1 image of {captions_file.name} (1 caption) not among the Multi30K training images, ignored "
+        f"(first: 1018148011.jpg)",
     ]
     assert report.warnings == [
-        f"1 training image without a Flickr30K caption in {captions_file.name} keeps the task1 English caption (first: 1000344755.jpg)"
+        f"1 training image without a Flickr30K caption in {captions_file.name} keeps the task1 English caption (first: "
+        f"1000344755.jpg)"
     ]
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("1000092795.jpg#0\tTwo men .\n1000092795.jpg#1\n", r"results.token:2: expected `<image>.jpg#<n><TAB><caption>`, found '1000092795.jpg#1'"),
-        ("1000092795.jpg#0\tTwo men .\n\n1000092795.jpg#x\tTwo men .\n", r"results.token:3: expected `<image>.jpg#<n><TAB><caption>`"),
+        (
+            "1000092795.jpg#0\tTwo men .\n1000092795.jpg#1\n",
+            r"results.token:2: expected `<image>.jpg#<n><TAB><caption>`, found '1000092795.jpg#1'",
+        ),
+        (
+            "1000092795.jpg#0\tTwo men .\n\n1000092795.jpg#x\tTwo men .\n",
+            r"results.token:3: expected `<image>.jpg#<n><TAB><caption>`",
+        ),
         ("1000092795.jpg\tTwo men .\n", r"results.token:1: expected `<image>.jpg#<n><TAB><caption>`"),
-        ("1000092795.jpg#0\tTwo\u2028men .\n1000092795.jpg#0\tTwo men .\n", r"results.token:2: caption 0 of 1000092795.jpg appears twice \(also line 1\)"),
-        ("image_name| comment_number| comment\n2199200615.jpg| 4 A dog runs across the grass .\n", r"results.token:2: expected `image_name\| comment_number\| comment`, found '2199200615.jpg\| 4 A dog"),
-        ("image_name| comment_number| comment\n2199200615.jpg| 4| \n", r"results.token:2: expected `image_name\| comment_number\| comment`"),
+        (
+            "1000092795.jpg#0\tTwo\u2028men .\n1000092795.jpg#0\tTwo men .\n",
+            r"results.token:2: caption 0 of 1000092795.jpg appears twice \(also line 1\)",
+        ),
+        (
+            "image_name| comment_number| comment\n2199200615.jpg| 4 A dog runs across the grass .\n",
+            r"results.token:2: expected `image_name\| comment_number\| comment`, found '2199200615.jpg\| 4 A dog",
+        ),
+        (
+            "image_name| comment_number| comment\n2199200615.jpg| 4| \n",
+            r"results.token:2: expected `image_name\| comment_number\| comment`",
+        ),
         ("\n\n", r"results.token: no captions"),
     ],
 )
@@ -248,6 +296,8 @@ def test_bad_flickr30k_lines_are_named(small_multi30k, tmp_path, content, messag
     (tmp_path / "results.token").write_text(content)
     with pytest.raises(CorpusError, match=message):
         import_multi30k(text, images, tmp_path / "out", flickr30k_captions=tmp_path / "results.token")
-    with pytest.raises(CorpusError, match=r"--flickr30k-captions .*nothing.token: no such file"):
+    with raises_on_command_line(
+        CorpusError, r"--flickr30k-captions .*nothing.token: no such file", "data import-multi30k"
+    ):
         import_multi30k(text, images, tmp_path / "out", flickr30k_captions=tmp_path / "nothing.token")
     assert not (tmp_path / "out").exists()

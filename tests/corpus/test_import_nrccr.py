@@ -8,6 +8,7 @@ from leccr_cli.corpus.corpus import Corpus
 from leccr_cli.corpus.importers.nrccr import import_nrccr, parse_tag
 from leccr_cli.corpus.video import FrameFeatures
 from leccr_cli.errors import CorpusError
+from leccr_cli.testing import raises_on_command_line
 
 
 @pytest.mark.parametrize(
@@ -37,7 +38,9 @@ def _layout(root, extra_lines=()):
     (root / "FeatureData").mkdir()
     (text / "m30ktrain_enc.caption.txt").write_text("100#enc#0 A dog runs.\n101#enc#0 A red car.\n")
     (text / "m30ktrain_enc2de.caption.txt").write_text("100#enc2de#0 Ein Hund rennt.\n101#enc2de#0 Ein rotes Auto.\n")
-    (text / "m30ktrain_enc2de2enc.caption.txt").write_text("100#enc2de2enc#0 A dog is running.\n101#enc2de2enc#0 A red car.\n")
+    (text / "m30ktrain_enc2de2enc.caption.txt").write_text(
+        "100#enc2de2enc#0 A dog is running.\n101#enc2de2enc#0 A red car.\n"
+    )
     (text / "m30ktest_de.caption.txt").write_text("200#de#0 Zwei Männer à la café.\n" + "".join(extra_lines))
     (text / "m30ktest_de2enc.caption.txt").write_text("200#de2enc#0 Two men at the cafe.\n")
     (root / "FeatureData" / "train_id.txt").write_text("100\n101\n")
@@ -57,7 +60,10 @@ def test_import_maps_tags_to_lang_origin_and_source(tmp_path):
     assert corpus.name == "m30k" and corpus.splits == ["train", "test"]
     assert corpus.image_ids("train") == ["100", "101"]
     mt = corpus.captions("train", "de")
-    assert [(c.cap_id, c.origin, c.source) for c in mt] == [("100#enc2de#0", "mt", "100#enc#0"), ("101#enc2de#0", "mt", "101#enc#0")]
+    assert [(c.cap_id, c.origin, c.source) for c in mt] == [
+        ("100#enc2de#0", "mt", "100#enc#0"),
+        ("101#enc2de#0", "mt", "101#enc#0"),
+    ]
     back = corpus.captions("train", "en", origin="back")
     assert back[0].source == "100#enc2de#0" and back[0].text == "A dog is running."
     test_en = corpus.captions("test", "en")
@@ -75,8 +81,14 @@ def test_import_maps_tags_to_lang_origin_and_source(tmp_path):
         ("201#de Ein Hund\n", r"m30ktest_de.caption.txt:2: cap id '201#de' is not of the form"),
         ("#de#0 Ein Hund\n", r"m30ktest_de.caption.txt:2: cap id '#de#0' is not of the form"),
         ("200#xx#1 Etwas\n", r"m30ktest_de.caption.txt:2: unknown tag 'xx'"),
-        ("999#de#1 Etwas\n", r"m30ktest_de.caption.txt:2: caption 999#de#1 is of image '999', which the test id lists lack"),
-        ("200#de#1 Ein\u2028Hund\u0085läuft.\f\n\n201#de Hund\n", r"m30ktest_de.caption.txt:4: cap id '201#de' is not of the form"),
+        (
+            "999#de#1 Etwas\n",
+            r"m30ktest_de.caption.txt:2: caption 999#de#1 is of image '999', which the test id lists lack",
+        ),
+        (
+            "200#de#1 Ein\u2028Hund\u0085läuft.\f\n\n201#de Hund\n",
+            r"m30ktest_de.caption.txt:4: cap id '201#de' is not of the form",
+        ),
     ],
 )
 def test_bad_lines_are_named(tmp_path, line, message):
@@ -113,9 +125,21 @@ def test_text_is_read_as_files_count_lines(tmp_path):
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("TextData/m30ktest_de.caption.txt", b"200#de#0 Gut\n200#de#1 Caf\xe9\n", r"m30ktest_de.caption.txt:2: not UTF-8"),
-        ("FeatureData/test_id.txt", "\ufeff200\n201 202\n".encode(), r"test_id.txt:2: expected one id per line, found '201 202'"),
-        ("image_ids.txt", b"100 a.jpg\n\n100 b.jpg\n", r"image_ids.txt:3: image '100' is mapped to 'b.jpg', but line 1 maps it to 'a.jpg'"),
+        (
+            "TextData/m30ktest_de.caption.txt",
+            b"200#de#0 Gut\n200#de#1 Caf\xe9\n",
+            r"m30ktest_de.caption.txt:2: not UTF-8",
+        ),
+        (
+            "FeatureData/test_id.txt",
+            "\ufeff200\n201 202\n".encode(),
+            r"test_id.txt:2: expected one id per line, found '201 202'",
+        ),
+        (
+            "image_ids.txt",
+            b"100 a.jpg\n\n100 b.jpg\n",
+            r"image_ids.txt:3: image '100' is mapped to 'b.jpg', but line 1 maps it to 'a.jpg'",
+        ),
     ],
 )
 def test_unreadable_lines_are_named(tmp_path, name, content, message):
@@ -168,7 +192,9 @@ def test_languages_keep_their_own_galleries(tmp_path):
     assert info.exit_code == 0, info.output
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in info.output.splitlines() if "│" in line]
     test_rows = rows[rows.index(["test", "7", "en", "7", "-", "3", "-"]) :]
-    assert test_rows[1:3] == [["", "", "ja", "3 own", "3", "-", "-"], ["", "", "zh", "4 own", "4", "-", "-"]], info.output
+    assert test_rows[1:3] == [["", "", "ja", "3 own", "3", "-", "-"], ["", "", "zh", "4 own", "4", "-", "-"]], (
+        info.output
+    )
     assert ["val", "2", "ja", "1 own", "1", "-", "-"] in rows
 
 
@@ -176,11 +202,19 @@ def test_language_captions_must_be_of_their_own_list(tmp_path):
     root = tmp_path / "mscoco"
     _coco(root)
     (root / "TextData" / "mscocotest_ja.caption.txt").write_text("j1#ja#0 日本語\nz1#ja#0 日本語\n")
-    with pytest.raises(CorpusError, match=r"mscocotest_ja.caption.txt:2: caption z1#ja#0 is of image 'z1', which .*ja_test_id.txt \(the ja test list\) lacks"):
+    with pytest.raises(
+        CorpusError,
+        match=r"mscocotest_ja.caption.txt:2: caption z1#ja#0 is of image 'z1', which .*ja_test_id.txt \(the ja test "
+            r"list\) lacks",
+    ):
         import_nrccr(root, tmp_path / "out", allow_missing_images=True)
     (root / "TextData" / "mscocotest_ja.caption.txt").write_text("j1#ja#0 日本語\n")
     (root / "FeatureData" / "ja_test_id.txt").write_text("j1\n")
-    with pytest.raises(CorpusError, match=r"clip/ja_test_id.txt and .*FeatureData/ja_test_id.txt both list the ja test images, differently \(3 vs 1 ids\)"):
+    with pytest.raises(
+        CorpusError,
+        match=r"clip/ja_test_id.txt and .*FeatureData/ja_test_id.txt both list the ja test images, differently \(3 vs "
+            r"1 ids\)",
+    ):
         import_nrccr(root, tmp_path / "out", allow_missing_images=True)
     assert not (tmp_path / "out").exists()
 
@@ -192,7 +226,7 @@ def test_missing_pieces(tmp_path):
     (images / "101.jpg").unlink()
     with pytest.raises(CorpusError, match="1 of 3 listed images are missing.*101.jpg"):
         import_nrccr(tmp_path / "m30k", tmp_path / "out", images_dir=images)
-    with pytest.raises(CorpusError, match="--images is required"):
+    with raises_on_command_line(CorpusError, "--images is required", "data import-nrccr"):
         import_nrccr(tmp_path / "m30k", tmp_path / "out")
 
 
@@ -207,7 +241,9 @@ def test_video_corpus_with_frame_features(tmp_path):
     root = tmp_path / "vatex"
     (root / "TextData").mkdir(parents=True)
     (root / "TextData" / "vatextrain.caption.txt").write_text("v1#enc#0 A man cooks.\nv2#enc#0 Kids play.\n")
-    (root / "TextData" / "vatextrain_enc2zh.caption.txt").write_text("v1#enc2zh#0 一个男人在做饭。\nv2#enc2zh#0 孩子们在玩。\n")
+    (root / "TextData" / "vatextrain_enc2zh.caption.txt").write_text(
+        "v1#enc2zh#0 一个男人在做饭。\nv2#enc2zh#0 孩子们在玩。\n"
+    )
     frames = ["v1_0", "v1_1", "v1_2", "v2_0", "v2_1"]
     matrix = np.arange(5 * 4, dtype=np.float32).reshape(5, 4)
     _bigfile(root / "FeatureData" / "i3d", frames, matrix)
@@ -232,7 +268,9 @@ def test_video_corpus_with_frame_features(tmp_path):
 
 
 def test_bad_modality(tmp_path):
-    result = CliRunner().invoke(app, ["data", "import-nrccr", str(tmp_path), str(tmp_path / "o"), "--modality", "audio"])
+    result = CliRunner().invoke(
+        app, ["data", "import-nrccr", str(tmp_path), str(tmp_path / "o"), "--modality", "audio"]
+    )
     assert result.exit_code == 2 and "--modality 'audio'" in result.output
 
 
@@ -249,7 +287,11 @@ def _video_layout(root):
     "name, content, message",
     [
         ("shape.txt", "5 5", r"i3d/feature.bin: 80 bytes, but .*i3d/shape.txt says 5 x 5 float32 values = 100 bytes"),
-        ("feature.bin", b"\0" * 84, r"i3d/feature.bin: 84 bytes, but .*i3d/shape.txt says 5 x 4 float32 values = 80 bytes"),
+        (
+            "feature.bin",
+            b"\0" * 84,
+            r"i3d/feature.bin: 84 bytes, but .*i3d/shape.txt says 5 x 4 float32 values = 80 bytes",
+        ),
         ("shape.txt", "5", r"i3d/shape.txt: expected two positive integers `<rows> <dim>`, found '5'"),
         ("shape.txt", "5 x 4", r"i3d/shape.txt: expected two positive integers"),
         ("id.txt", "v1_0 v1_1 v1_2 v2_0", r"i3d/id.txt: 4 ids, but .*i3d/shape.txt says 5 rows"),
@@ -257,13 +299,18 @@ def _video_layout(root):
         (
             "video2frames.txt",
             str({"v1": ["v1_0", "v1_9", "v1_8"], "v2": ["v2_0", "v2_7"]}),
-            r"i3d/video2frames.txt: 3 frames of 2 videos are not among the 5 ids of .*i3d/id.txt \(first: frame 'v1_9' of video 'v1'\)",
+            r"i3d/video2frames.txt: 3 frames of 2 videos are not among the 5 ids of .*i3d/id.txt \(first: frame 'v1_9' "
+            r"of video 'v1'\)",
         ),
         ("video2frames.txt", str({"v1": ["v1_0"]}), r"video2frames.txt: no frames for 1 of 2 videos \(first: v2\)"),
         ("video2frames.txt", "[1, 2]", r"video2frames.txt: holds a list, not a dict"),
         ("video2frames.txt", "{'v1': 'v1_0'}", r"video2frames.txt: the entry for 'v1' is not a list of frame ids"),
         ("video2frames.txt", "{'v1': [", r"video2frames.txt: not a dict literal \(SyntaxError"),
-        ("video2frames.txt", None, r"i3d/id.txt: 2 of 2 videos have no features and there is no video2frames.txt \(first: v1, v2\)"),
+        (
+            "video2frames.txt",
+            None,
+            r"i3d/id.txt: 2 of 2 videos have no features and there is no video2frames.txt \(first: v1, v2\)",
+        ),
         ("feature.bin", None, r"i3d: not a BigFile feature folder \(feature.bin is missing\)"),
     ],
 )

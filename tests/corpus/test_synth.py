@@ -7,23 +7,26 @@ from typer.testing import CliRunner
 
 from leccr_cli.cli.main import app
 from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.corpus.synthetic.image import (
+from leccr_cli.corpus.synthetic.grammar import (
     COLORS,
-    IMAGE_CODES,
     Mention,
-    Shape,
     MtNoise,
-    build_synthetic,
+    Shape,
     consistent,
     describe_scene,
-    draw_scene,
-    _object_codes,
-    _object_mentions,
-    held_out_scenes,
-    random_scene,
     render_caption,
 )
-from leccr_cli.errors import CorpusError
+from leccr_cli.corpus.synthetic.image import (
+    IMAGE_CODES,
+    _object_codes,
+    _object_mentions,
+    build_synthetic,
+    draw_scene,
+    held_out_scenes,
+    random_scene,
+)
+from leccr_cli.errors import CorpusError, LeccrError
+from leccr_cli.testing import raises_on_command_line
 
 
 class _NoFronting(random.Random):
@@ -142,13 +145,14 @@ def test_same_seed_same_corpus(tmp_path):
     assert [x.text for x in ca.captions()] != [x.text for x in cc.captions()]
     # the text of a seed's corpus is pinned: change it only on purpose (and say so in CHANGELOG.md)
     text = "\n".join("|".join(x) for x in ca.captions()) + "\n".join(ca.descriptions("synthetic").values())
-    assert hashlib.sha256(text.encode()).hexdigest() == "f2c779f4921bc9853ba7be777c2ee0ae72e52fac5653a3bdf98aee522867971b"
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert digest == "f2c779f4921bc9853ba7be777c2ee0ae72e52fac5653a3bdf98aee522867971b"
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(CorpusError, match="no grammar for ja"):
         build_synthetic(tmp_path / "x", images=40, langs=["ja"])
-    with pytest.raises(CorpusError, match="too small"):
+    with raises_on_command_line(LeccrError, "--images 5 is too small", "data synth"):
         build_synthetic(tmp_path / "x", images=5)
     assert not (tmp_path / "x").exists()
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from leccr_cli.cli.main import app
 from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.corpus.synthetic.image import COLORS, GRAMMARS, MtNoise, consistent
+from leccr_cli.corpus.synthetic.grammar import COLORS, GRAMMARS, MtNoise, consistent
 from leccr_cli.corpus.synthetic.video import (
     DIRECTIONS,
     VIDEO_CODES,
@@ -27,7 +27,8 @@ from leccr_cli.corpus.synthetic.video import (
     render_video_caption,
 )
 from leccr_cli.corpus.video import FrameFeatures
-from leccr_cli.errors import CorpusError
+from leccr_cli.errors import LeccrError
+from leccr_cli.testing import raises_on_command_line
 
 
 class _NoFronting(random.Random):
@@ -65,7 +66,9 @@ def test_two_mentions_close_the_relative_clause_with_a_comma():
     rendered = {lang: render_video_caption(lang, mentions, _NoFronting()) for lang in ("en", "de", "fr", "cs")}
     assert rendered == {
         "en": "A red square at the top that disappears and a large orange circle that moves up",
-        "de": "Ein rotes Quadrat oben, das verschwindet, und ein großer orangefarbener Kreis, der sich nach oben bewegt",
+        "de": (
+            "Ein rotes Quadrat oben, das verschwindet, und ein großer orangefarbener Kreis, der sich nach oben bewegt"
+        ),
         "fr": "Un carré rouge en haut qui disparaît et un grand cercle orange qui se déplace vers le haut",
         "cs": "Červený čtverec nahoře, který zmizí, a velký oranžový kruh, který se posune nahoru",
     }
@@ -92,7 +95,10 @@ def test_mt_noise_reaches_the_clause():
     assert render_video_caption("fr", mention, always, MtNoise(untranslated=True)) == "Une star green qui appears"
     turning = (VideoMention("star", event="turns", target="blue"),)
     assert render_video_caption("fr", turning, _NoFronting(), MtNoise(agreement=True)) == "Une étoile qui devient bleu"
-    assert render_video_caption("cs", turning, _NoFronting(), MtNoise(agreement=True)) == "Hvězda, který změní barvu na modrou"
+    assert (
+        render_video_caption("cs", turning, _NoFronting(), MtNoise(agreement=True))
+        == "Hvězda, který změní barvu na modrou"
+    )
 
 
 def test_descriptions_say_what_happens():
@@ -107,7 +113,9 @@ def test_descriptions_say_what_happens():
         "A small yellow square appears in the middle. "
         "A small blue star in the bottom right corner turns green."
     )
-    assert describe_video((Track("triangle", "orange", "large", 2, 1, "disappears"), Track("circle", "green", "small", 0, 2))) == (
+    assert describe_video(
+        (Track("triangle", "orange", "large", 2, 1, "disappears"), Track("circle", "green", "small", 0, 2))
+    ) == (
         "The video shows two shapes on a plain gray background. "
         "A large orange triangle on the right disappears. A small green circle stays in the bottom left corner."
     )
@@ -161,7 +169,13 @@ def test_frame_features_are_sums_of_attribute_embeddings():
     encoder = FrameEncoder(16, np.random.default_rng(0))
 
     def still(shape, color, size, column, row):
-        return encoder.shapes[shape] + encoder.colors[color] + encoder.sizes[size] + encoder.columns[column] + encoder.rows[row]
+        return (
+            encoder.shapes[shape]
+            + encoder.colors[color]
+            + encoder.sizes[size]
+            + encoder.columns[column]
+            + encoder.rows[row]
+        )
 
     appearing = Track("star", "red", "small", 2, 0, "appears")
     turning = Track("circle", "blue", "large", 0, 1, "turns", "green")
@@ -192,7 +206,9 @@ def test_corpus_layout_features_and_ceiling(video_corpus):
         assert sorted(c.source for c in mt) == sorted(c.cap_id for c in english)
         for split in ("val", "test"):
             human = corpus.captions(split, lang)
-            assert {c.origin for c in human} == {"human"} and sorted(c.image_id for c in human) == sorted(corpus.image_ids(split))
+            assert {c.origin for c in human} == {"human"} and sorted(c.image_id for c in human) == sorted(
+                corpus.image_ids(split)
+            )
     back = corpus.captions("test", "en", origin="mt")
     assert {c.source for c in back} == {c.cap_id for lang in ("de", "fr", "cs") for c in corpus.captions("test", lang)}
     assert len(corpus.captions()) == video_corpus.captions
@@ -225,9 +241,10 @@ def test_same_seed_same_corpus(video_corpus, tmp_path):
 def test_noise_has_the_asked_norm(tmp_path):
     clean = build_synthetic_video(tmp_path / "clean", videos=30, frames=4, frame_dim=256, langs=["de"], noise=0.0)
     noisy = build_synthetic_video(tmp_path / "noisy", videos=30, frames=4, frame_dim=256, langs=["de"], noise=0.5)
-    difference = load_file(str(noisy.path / "video/synthetic.safetensors"))["features"] - load_file(
-        str(clean.path / "video/synthetic.safetensors")
-    )["features"]
+    difference = (
+        load_file(str(noisy.path / "video/synthetic.safetensors"))["features"]
+        - load_file(str(clean.path / "video/synthetic.safetensors"))["features"]
+    )
     assert difference.norm(dim=1).mean().item() == pytest.approx(0.5, rel=0.1)
     assert Corpus.open(clean.path).captions() == Corpus.open(noisy.path).captions()
 
@@ -241,14 +258,30 @@ def test_bad_arguments(tmp_path):
         ({"noise": -1.0}, "--noise -1.0: the noise norm must be 0 or more"),
         ({"noise": math.nan}, "--noise nan: the noise norm must be 0 or more"),
     ]:
-        with pytest.raises(CorpusError, match=message):
+        with raises_on_command_line(LeccrError, message, "data synth"):
             build_synthetic_video(tmp_path / "x", **{"videos": 40, **kwargs})
     assert not (tmp_path / "x").exists()
 
 
 def test_cli_builds_the_video_benchmark(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["data", "synth", str(tmp_path / "v"), "--video", "--videos", "40", "--frames", "4", "--frame-dim", "16", "--langs", "fr"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "synth",
+            str(tmp_path / "v"),
+            "--video",
+            "--videos",
+            "40",
+            "--frames",
+            "4",
+            "--frame-dim",
+            "16",
+            "--langs",
+            "fr",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "train 20, val 10, test 10 videos" in result.output and "R@1 ceiling on test:" in result.output
     corpus = Corpus.open(tmp_path / "v")

@@ -5,20 +5,13 @@ import torch
 from PIL import Image
 
 from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.data.datasets import (
-    Collator,
-    GallerySet,
-    ImageTransform,
-    TextCleaning,
-    TrainingSet,
-    VisualSource,
-    check_descriptions,
-    clean_caption,
-    example_rng,
-    load_image,
-    training_examples,
-)
+from leccr_cli.corpus.corpus import check_descriptions
+from leccr_cli.data.collate import Collator
+from leccr_cli.data.datasets import GallerySet, TrainingSet, VisualSource, training_examples
+from leccr_cli.data.transforms import ImageTransform, example_rng, load_image
+from leccr_cli.utils.text import TextCleaning, clean_caption
 from leccr_cli.errors import CorpusError
+from leccr_cli.testing import raises_on_command_line
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -72,7 +65,7 @@ def test_training_examples_pair_english_with_every_translation(synthetic_corpus)
     assert len(first.translations) == 2
     assert corpus.image_ids("train")[first.image_index] == first.image_id
     assert english[first.english].image_id == first.image_id
-    with pytest.raises(CorpusError, match="no machine-translated ja captions.*leccr translate"):
+    with raises_on_command_line(CorpusError, "no machine-translated ja captions.*leccr translate", 'train'):
         training_examples(corpus, "train", "en", ["ja"])
 
 
@@ -106,7 +99,9 @@ def test_training_set_choices_depend_on_epoch_only(synthetic_corpus, tiny_bert_d
 
 def test_missing_description_is_named(synthetic_corpus):
     corpus = Corpus.open(synthetic_corpus)
-    with pytest.raises(CorpusError, match="has no description in descriptions/synthetic.*first: ghost.*leccr caption"):
+    with raises_on_command_line(
+        CorpusError, "has no description in descriptions/synthetic.*first: ghost.*leccr caption", "train"
+    ):
         check_descriptions(corpus, "synthetic", ["ghost"])
 
 

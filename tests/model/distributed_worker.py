@@ -82,7 +82,10 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     data = torch.load(inputs_path)
-    results = {"losses": loss_results(data["losses"], rank, world), "model": model_results(model_dir, data["batch"], rank, world)}
+    results = {
+        "losses": loss_results(data["losses"], rank, world),
+        "model": model_results(model_dir, data["batch"], rank, world),
+    }
     torch.save(results, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -66,7 +66,9 @@ def _union_losses(inputs: dict) -> dict:
     computations = {
         "itc": lambda: losses.itc_loss(x["image"], x["english"], temperature, ids),
         "slot": lambda: losses.slot_matching_loss(x["slots"], x["target"], temperature, ids),
-        "slot_masked": lambda: losses.slot_matching_loss(x["token_slots"], x["target"], temperature, ids, x["token_slot_mask"]),
+        "slot_masked": lambda: losses.slot_matching_loss(
+            x["token_slots"], x["target"], temperature, ids, x["token_slot_mask"]
+        ),
         "kl": lambda: losses.english_guided_kl(x["image"], x["english"], x["target"], x["slots"], 0.8),
         "cv": lambda: losses.description_vision_loss(x["slots"], x["tokens"], ids, None, x["token_mask"]),
         "div": lambda: losses.slot_diversity(x["token_slots"], x["token_slot_mask"]),
@@ -92,13 +94,25 @@ def _tiny_model_config() -> ModelConfig:
             name_or_path=None,
             image_size=32,
             projection_dim=24,
-            config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "patch_size": 8},
+            config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "patch_size": 8,
+            },
         ),
         text=TextConfig(
             name_or_path=None,
             max_tokens=16,
             description_max_tokens=24,
-            config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, **no_dropout},
+            config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                **no_dropout,
+            },
         ),
         joint_dim=16,
         num_slots=3,
@@ -141,8 +155,15 @@ def test_two_processes_match_one_process_on_the_union_batch(tmp_path):
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-        str(WORKER), str(tmp_path / "inputs.pt"), str(tmp_path / "model"), str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        str(WORKER),
+        str(tmp_path / "inputs.pt"),
+        str(tmp_path / "model"),
+        str(tmp_path),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -13,9 +13,10 @@ from PIL import Image
 
 from leccr_cli.config import LossConfig, ModelConfig, TextConfig, VideoConfig, VisionConfig, load_recipe
 from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.errors import ModelError
+from leccr_cli.errors import InvalidArgument, ModelError
 from leccr_cli.model.factory import build_model, load_model
 from leccr_cli.model.leccr import ImageEmbeddings, LeccrModel
+from leccr_cli.testing import raises_on_command_line
 
 SWITCHES = ("slots", "interaction", "multi_level_matching", "english_guidance", "description_vision", "slot_diversity")
 LOSS = LossConfig(w_c=0.3, w_kl=0.4, w_cv=0.2, w_reg=0.1)
@@ -123,7 +124,9 @@ def test_embeddings_are_normalized_with_one_slot_embedding_per_slot(config, batc
     model = build(config).eval()
     with torch.no_grad():
         images = model.embed_images(
-            pixel_values=batch["pixel_values"], description_ids=batch["description_ids"], description_mask=batch["description_mask"]
+            pixel_values=batch["pixel_values"],
+            description_ids=batch["description_ids"],
+            description_mask=batch["description_mask"],
         )
         texts = model.embed_texts(batch["source_ids"], batch["source_mask"])
     assert images.global_embeds.shape == (4, 16) and images.slot_embeds.shape == (4, 3, 16) and images.slot_mask is None
@@ -138,7 +141,9 @@ def test_embeddings_are_normalized_with_one_slot_embedding_per_slot(config, batc
     # cached description features give the same embeddings as description ids
     features, mask = model.encode_descriptions(batch["description_ids"], batch["description_mask"])
     with torch.no_grad():
-        cached = model.embed_images(pixel_values=batch["pixel_values"], description_features=features, description_features_mask=mask)
+        cached = model.embed_images(
+            pixel_values=batch["pixel_values"], description_features=features, description_features_mask=mask
+        )
     assert torch.allclose(cached.global_embeds, images.global_embeds, atol=1e-6)
 
 
@@ -173,7 +178,9 @@ def test_each_switch_changes_the_loss(config, batch):
 def test_no_gradient_through_the_shared_description_branch(config, batch):
     model = build(config)
     images = model.embed_images(
-        pixel_values=batch["pixel_values"], description_ids=batch["description_ids"], description_mask=batch["description_mask"]
+        pixel_values=batch["pixel_values"],
+        description_ids=batch["description_ids"],
+        description_mask=batch["description_mask"],
     )
     (images.global_embeds.sum() + images.slot_embeds.sum()).backward()
     assert all(p.grad is None for p in model.text_encoder.parameters())
@@ -181,7 +188,9 @@ def test_no_gradient_through_the_shared_description_branch(config, batch):
     # shared mode encodes with the live text encoder
     model.eval()
     features, mask = model.encode_descriptions(batch["description_ids"], batch["description_mask"])
-    live = model.text_encoder(input_ids=batch["description_ids"], attention_mask=batch["description_mask"]).last_hidden_state
+    live = model.text_encoder(
+        input_ids=batch["description_ids"], attention_mask=batch["description_mask"]
+    ).last_hidden_state
     assert not features.requires_grad and torch.equal(features, live.detach()) and mask.dtype == torch.bool
 
 
@@ -200,8 +209,12 @@ def test_frozen_description_encoder_gets_no_gradient(config, batch):
     model.eval()
     features, _ = model.encode_descriptions(batch["description_ids"], batch["description_mask"])
     with torch.no_grad():
-        live = model.text_encoder(input_ids=batch["description_ids"], attention_mask=batch["description_mask"]).last_hidden_state
-    pristine = build(config).eval().text_encoder(input_ids=batch["description_ids"], attention_mask=batch["description_mask"])
+        live = model.text_encoder(
+            input_ids=batch["description_ids"], attention_mask=batch["description_mask"]
+        ).last_hidden_state
+    pristine = (
+        build(config).eval().text_encoder(input_ids=batch["description_ids"], attention_mask=batch["description_mask"])
+    )
     assert torch.allclose(features, pristine.last_hidden_state, atol=1e-6)
     assert not torch.allclose(features, live, atol=1e-3)
 
@@ -268,10 +281,14 @@ def test_slots_off_uses_the_description_tokens_and_ignores_padding(config, batch
     ]
     assert losses[0].loss.item() == pytest.approx(losses[1].loss.item(), abs=1e-5)
     with torch.no_grad():
-        images = model.embed_images(pixel_values=batch["pixel_values"], description_features=clean, description_features_mask=mask)
+        images = model.embed_images(
+            pixel_values=batch["pixel_values"], description_features=clean, description_features_mask=mask
+        )
     assert images.slot_embeds.shape[:2] == mask.shape and torch.equal(images.slot_mask, mask)
     # gallery chunks with different description lengths concatenate with padding
-    both = ImageEmbeddings.cat([images, ImageEmbeddings(images.global_embeds[:1], images.slot_embeds[:1, :2], mask[:1, :2])])
+    both = ImageEmbeddings.cat(
+        [images, ImageEmbeddings(images.global_embeds[:1], images.slot_embeds[:1, :2], mask[:1, :2])]
+    )
     assert both.slot_embeds.shape == (5, mask.shape[1], 16) and both.slot_mask[4, 2:].sum() == 0
     texts = model.embed_texts(batch["source_ids"], batch["source_mask"]).detach()
     fused = model.score(texts, images, fusion=0.5)
@@ -289,10 +306,11 @@ def test_interaction_off_builds_no_interaction_layers(config, batch):
     assert not hasattr(model, "slot_head") and not hasattr(model, "slots_over_visual")
     model(batch, LOSS).loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    with pytest.raises(ModelError, match="--fusion needs slot embeddings"):
+    with raises_on_command_line(InvalidArgument, "--fusion needs slot embeddings", "evaluate"):
         with torch.no_grad():
             images = model.embed_images(
-                pixel_values=batch["pixel_values"], description_ids=batch["description_ids"],
+                pixel_values=batch["pixel_values"],
+                description_ids=batch["description_ids"],
                 description_mask=batch["description_mask"],
             )
             model.score(torch.zeros(1, 16), images, fusion=0.5)
@@ -303,13 +321,19 @@ def _video_model(tiny_bert_dir, layer: dict | None = None, **video) -> LeccrMode
         vision=VisionConfig(name_or_path=None, config={}),
         video=VideoConfig(**{"width": 24, "layers": 1, "heads": 4, "max_frames": 6, **video}),
         text=TextConfig(name_or_path=str(tiny_bert_dir), max_tokens=16, description_max_tokens=32),
-        joint_dim=16, num_slots=2, slot_layers=1, interaction_layers=1, heads=4, **(layer or {}),
+        joint_dim=16,
+        num_slots=2,
+        slot_layers=1,
+        interaction_layers=1,
+        heads=4,
+        **(layer or {}),
     )
     return build(config, modality="video", frame_dim=12).eval()
 
 
 @pytest.mark.parametrize(
-    "video", [{"pooling": "mean"}, {"pooling": "cls"}, {"pooling": "mean", "positions": True, "width": None, "heads": 3}]
+    "video",
+    [{"pooling": "mean"}, {"pooling": "cls"}, {"pooling": "mean", "positions": True, "width": None, "heads": 3}],
 )
 def test_padding_frames_never_change_a_video(tiny_bert_dir, video):
     model = _video_model(tiny_bert_dir, **video)
@@ -329,18 +353,25 @@ def test_padding_frames_never_change_a_video(tiny_bert_dir, video):
     ]
     frame_mask = torch.arange(6)[None] < torch.tensor(lengths)[:, None]
     padded = torch.cat([frames, torch.zeros(3, 1, 12)], dim=1).masked_fill(~frame_mask[..., None], 99.0)
-    together = model.embed_images(frames=padded, frame_mask=frame_mask, **{
-        "description_ids": descriptions["input_ids"], "description_mask": descriptions["attention_mask"]})
+    together = model.embed_images(
+        frames=padded,
+        frame_mask=frame_mask,
+        **{"description_ids": descriptions["input_ids"], "description_mask": descriptions["attention_mask"]},
+    )
     for i in range(3):
         assert torch.allclose(together.global_embeds[i], alone[i].global_embeds[0], atol=1e-5)
         assert torch.allclose(together.slot_embeds[i], alone[i].slot_embeds[0], atol=1e-5)
     if video["pooling"] == "mean":  # h_v is the projected mean of the real frames' interaction outputs
         tokens, mask = model.video(padded, frame_mask)
-        memory, memory_mask = model._description_memory(descriptions["input_ids"], descriptions["attention_mask"], None, None)
+        memory, memory_mask = model._description_memory(
+            descriptions["input_ids"], descriptions["attention_mask"], None, None
+        )
         slots = model.slot_generator(model.slot_queries.expand(3, -1, -1), memory, memory_mask)
         visual = model.visual_over_slots(tokens, slots)
         expected = torch.stack([visual[i, :length].mean(0) for i, length in enumerate(lengths)])
-        assert torch.allclose(together.global_embeds, torch.nn.functional.normalize(model.image_head(expected), dim=-1), atol=1e-5)
+        assert torch.allclose(
+            together.global_embeds, torch.nn.functional.normalize(model.image_head(expected), dim=-1), atol=1e-5
+        )
 
 
 def test_video_model_trains_saves_and_loads(tiny_bert_dir, tmp_path):
@@ -350,9 +381,14 @@ def test_video_model_trains_saves_and_loads(tiny_bert_dir, tmp_path):
     frames = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(0))
     frame_mask = torch.tensor([[True] * 5, [True, True, True, False, False], [True, False, False, False, False]])
     batch = {
-        "frames": frames, "frame_mask": frame_mask, "source_ids": captions["input_ids"], "source_mask": captions["attention_mask"],
-        "target_ids": captions["input_ids"], "target_mask": captions["attention_mask"],
-        "description_ids": descriptions["input_ids"], "description_mask": descriptions["attention_mask"],
+        "frames": frames,
+        "frame_mask": frame_mask,
+        "source_ids": captions["input_ids"],
+        "source_mask": captions["attention_mask"],
+        "target_ids": captions["input_ids"],
+        "target_mask": captions["attention_mask"],
+        "description_ids": descriptions["input_ids"],
+        "description_mask": descriptions["attention_mask"],
         "image_index": torch.tensor([0, 1, 2]),
     }
     output = model(batch, LOSS)
@@ -376,17 +412,26 @@ def test_the_frame_encoder_takes_the_layer_settings_of_the_model(tiny_bert_dir):
     reference = _video_model(tiny_bert_dir, layer={"mlp_ratio": 1, "dropout": 0.1}, width=None, heads=4)
     default = _video_model(tiny_bert_dir, width=None, heads=4)
     layer = reference.video.layers[0]
-    assert (layer.mlp[0].out_features, layer.attention.dropout, layer.dropout.p) == (12, 0.1, 0.1)  # the reference's SelfAttention
+    assert (layer.mlp[0].out_features, layer.attention.dropout, layer.dropout.p) == (
+        12,
+        0.1,
+        0.1,
+    )  # the reference's SelfAttention
     assert (default.video.layers[0].mlp[0].out_features, default.video.layers[0].attention.dropout) == (48, 0.0)
 
 
 def test_video_heads_must_divide_the_frame_width(tiny_bert_dir):
-    with pytest.raises(ModelError, match=r"model.video.heads=5 does not divide the frame-feature width \(model.video.width: null\) \(12\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"model.video.heads=5 does not divide the frame-feature width \(model.video.width: null\) \(12\)",
+    ):
         _video_model(tiny_bert_dir, width=None, heads=5)
 
 
 def test_interpolated_position_embeddings(tiny_clip_dir, tiny_bert_dir, batch):
-    model = build(tiny_config(tiny_clip_dir, tiny_bert_dir, vision=VisionConfig(name_or_path=str(tiny_clip_dir), image_size=48)))
+    model = build(
+        tiny_config(tiny_clip_dir, tiny_bert_dir, vision=VisionConfig(name_or_path=str(tiny_clip_dir), image_size=48))
+    )
     assert model.interpolate_pos_encoding and model.image_size == 48
     large = torch.nn.functional.interpolate(batch["pixel_values"], size=48, mode="bilinear")
     tokens, _ = model._visual_tokens(large, None, None)
@@ -400,7 +445,11 @@ def test_demo_recipe_builds_tiny_encoders_from_scratch(synthetic_corpus):
     texts = [c.text for c in corpus.captions("train")] + list(corpus.descriptions("synthetic").values())
     model = build(recipe.model, tokenizer_texts=texts)
     assert model.tokenizer.convert_ids_to_tokens(model.tokenize(["Malá zelená hvězda"], 8)["input_ids"][0]) == [
-        "[CLS]", "malá", "zelená", "hvězda", "[SEP]"
+        "[CLS]",
+        "malá",
+        "zelená",
+        "hvězda",
+        "[SEP]",
     ]
     assert model.text_encoder.config.vocab_size == len(model.tokenizer) and model.visual_width == 64
     assert model.image_mean == (0.48145466, 0.4578275, 0.40821073)
@@ -414,7 +463,9 @@ def test_full_clip_checkpoint_loads_its_vision_tower(tmp_path, tiny_bert_dir, ba
     from transformers import CLIPConfig, CLIPModel
 
     small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
-    clip = CLIPModel(CLIPConfig(text_config=small, vision_config={**small, "image_size": 32, "patch_size": 8}, projection_dim=20))
+    clip = CLIPModel(
+        CLIPConfig(text_config=small, vision_config={**small, "image_size": 32, "patch_size": 8}, projection_dim=20)
+    )
     clip.save_pretrained(tmp_path / "clip")
     model = build(tiny_config(tmp_path / "clip", tiny_bert_dir))
     assert model.visual_width == 20
@@ -435,7 +486,10 @@ def test_save_and_load_rebuilds_the_same_model(config, batch, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder left behind
     loaded = load_model(tmp_path / "model").eval()
     assert loaded.config == model.config and loaded.image_mean == model.image_mean and loaded.image_size == 32
-    assert loaded.tokenize(["a red circle"], 8)["input_ids"].tolist() == model.tokenize(["a red circle"], 8)["input_ids"].tolist()
+    assert (
+        loaded.tokenize(["a red circle"], 8)["input_ids"].tolist()
+        == model.tokenize(["a red circle"], 8)["input_ids"].tolist()
+    )
     assert torch.equal(loaded(batch, LOSS).loss, model(batch, LOSS).loss)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -475,10 +529,14 @@ def test_user_errors_are_model_errors(tmp_path, tiny_clip_dir, tiny_bert_dir):
         build_model(tiny_config(tiny_clip_dir, no_tokenizer))
 
     other = build_tiny_bert(tmp_path / "other-bert", texts=["completely different words here"])
-    frozen_other = tiny_config(tiny_clip_dir, tiny_bert_dir, description_encoder="frozen", description_encoder_name=str(other))
+    frozen_other = tiny_config(
+        tiny_clip_dir, tiny_bert_dir, description_encoder="frozen", description_encoder_name=str(other)
+    )
     with pytest.raises(ModelError, match="another vocabulary"):
         build_model(frozen_other)
-    same = tiny_config(tiny_clip_dir, tiny_bert_dir, description_encoder="frozen", description_encoder_name=str(tiny_bert_dir))
+    same = tiny_config(
+        tiny_clip_dir, tiny_bert_dir, description_encoder="frozen", description_encoder_name=str(tiny_bert_dir)
+    )
     assert build_model(same).description_encoder is not None
     with pytest.raises(ModelError, match="description_encoder is 'shared'"):
         build_model(tiny_config(tiny_clip_dir, tiny_bert_dir, description_encoder_name=str(tiny_bert_dir)))
@@ -487,7 +545,9 @@ def test_user_errors_are_model_errors(tmp_path, tiny_clip_dir, tiny_bert_dir):
         build_model(tiny_config(tiny_clip_dir, tiny_bert_dir), modality="video")
     with pytest.raises(ModelError, match="model.heads=5 does not divide"):
         build_model(tiny_config(tiny_clip_dir, tiny_bert_dir, heads=5))
-    scratch_text = TextConfig(name_or_path=None, config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2})
+    scratch_text = TextConfig(
+        name_or_path=None, config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    )
     with pytest.raises(ModelError, match="tokenizer_texts"):
         build_model(tiny_config(tiny_clip_dir, tiny_bert_dir, text=scratch_text))
     with pytest.raises(ModelError, match="is not a leccr model"):

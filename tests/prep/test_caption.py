@@ -19,6 +19,7 @@ from leccr_cli.prep.describe import (
 from leccr_cli.cli.main import app
 from leccr_cli.corpus.corpus import Caption, Corpus, ImageRow, write_corpus
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
+from leccr_cli.testing import raises_on_command_line
 
 runner = CliRunner()
 NEW_TOKENS = 6
@@ -55,7 +56,7 @@ def tiny_llava_next_dir(tmp_path_factory):
 def reference(base_corpus, llava, tmp_path_factory):
     """The train descriptions of an uninterrupted run at batch size 1."""
     corpus = Corpus.open(shutil.copytree(base_corpus, tmp_path_factory.mktemp("reference") / "corpus"))
-    caption_corpus(corpus, llava, source="llava", splits=["train"], batch_size=1, show_progress=False)
+    caption_corpus(corpus, llava, source="llava", splits=["train"], batch_size=1)
     return corpus.description_rows("llava")
 
 
@@ -98,14 +99,14 @@ def test_cli_describes_every_image_and_info_shows_coverage(corpus, reference, ti
 
 
 def test_batch_sizes_give_the_same_greedy_text(corpus, llava, reference):
-    caption_corpus(corpus, llava, source="llava", splits=["train"], batch_size=4, show_progress=False)
+    caption_corpus(corpus, llava, source="llava", splits=["train"], batch_size=4)
     assert corpus.description_rows("llava") == reference
 
 
 def test_interrupted_run_resumes_to_the_same_dataset(corpus, llava, reference):
     interrupted = Watched(llava, stop_at=4)
     with pytest.raises(KeyboardInterrupt):
-        caption_corpus(corpus, interrupted, source="llava", splits=["train"], batch_size=2, shard_size=4, show_progress=False)
+        caption_corpus(corpus, interrupted, source="llava", splits=["train"], batch_size=2, shard_size=4)
     shards = shard_folder(corpus, "llava")
     assert not (corpus.path / "descriptions" / "llava").exists()  # nothing that looks finished
     assert "llava" not in corpus.description_sources()
@@ -116,7 +117,7 @@ def test_interrupted_run_resumes_to_the_same_dataset(corpus, llava, reference):
     (shards / ".shard-killed.partial-0000" / "data-00000-of-00001.arrow").write_bytes(b"half")
 
     resumed = Watched(llava)
-    report = caption_corpus(corpus, resumed, source="llava", splits=["train"], batch_size=3, show_progress=False)
+    report = caption_corpus(corpus, resumed, source="llava", splits=["train"], batch_size=3)
     assert (report.already, report.described, report.rows) == (6, 4, 10)
     assert resumed.images == 4
     assert corpus.description_rows("llava") == reference
@@ -151,36 +152,35 @@ def test_crash_then_rerun_and_limit(corpus, llava, reference):
     with pytest.raises(RuntimeError):
         caption_corpus(
             corpus, Watched(llava, stop_at=2, error=RuntimeError), source="llava", splits=["train"], batch_size=3,
-            shard_size=1, show_progress=False,
+            shard_size=1,
         )
-    report = caption_corpus(corpus, llava, source="llava", splits=["train"], limit=2, show_progress=False)
+    report = caption_corpus(corpus, llava, source="llava", splits=["train"], limit=2)
     assert (report.already, report.described, report.rows, report.missing) == (3, 2, 5, 5)
     assert [r["image_id"] for r in corpus.description_rows("llava")] == corpus.image_ids("train")[:5]
-    report = caption_corpus(corpus, llava, source="llava", splits=["train"], show_progress=False)
+    report = caption_corpus(corpus, llava, source="llava", splits=["train"])
     assert (report.already, report.described, report.missing) == (5, 5, 0)
     assert corpus.description_rows("llava") == reference
 
 
 def test_rerun_on_a_finished_dataset(corpus, llava, reference):
-    caption_corpus(corpus, llava, source="llava", splits=["train"], show_progress=False)
+    caption_corpus(corpus, llava, source="llava", splits=["train"])
     counting = Watched(llava)
-    report = caption_corpus(corpus, counting, source="llava", splits=["train"], show_progress=False)
+    report = caption_corpus(corpus, counting, source="llava", splits=["train"])
     assert (report.already, report.described, counting.calls) == (10, 0, 0)
     assert corpus.description_rows("llava") == reference
 
     # more splits: only the images it lacks are described; rows stay in gallery order
-    report = caption_corpus(corpus, counting, source="llava", show_progress=False)
+    report = caption_corpus(corpus, counting, source="llava")
     assert (report.already, report.described, counting.images) == (10, 20, 20)
     rows = corpus.description_rows("llava")
     assert [r["image_id"] for r in rows] == [row.image_id for row in corpus.images()]
     assert rows[:10] == reference
 
     # another prompt is refused unless --overwrite, which replaces the dataset with this run's rows
-    with pytest.raises(LeccrError, match=r"descriptions/llava holds descriptions made with another prompt.*--overwrite"):
-        caption_corpus(corpus, llava, source="llava", prompt="describe the shapes", show_progress=False)
-    report = caption_corpus(
-        corpus, llava, source="llava", splits=["val"], prompt="describe the shapes", overwrite=True, show_progress=False
-    )
+    with raises_on_command_line(LeccrError, r"descriptions/llava holds descriptions made with another "
+        r"prompt.*--overwrite", 'caption'):
+        caption_corpus(corpus, llava, source="llava", prompt="describe the shapes")
+    report = caption_corpus(corpus, llava, source="llava", splits=["val"], prompt="describe the shapes", overwrite=True)
     rows = corpus.description_rows("llava")
     assert (report.described, len(rows)) == (10, 10)
     assert [r["image_id"] for r in rows] == corpus.image_ids("val")
@@ -189,12 +189,12 @@ def test_rerun_on_a_finished_dataset(corpus, llava, reference):
 
 def test_unfinished_shards_of_other_settings_are_refused(corpus, llava):
     with pytest.raises(KeyboardInterrupt):
-        caption_corpus(corpus, Watched(llava, stop_at=2), source="llava", splits=["train"], shard_size=1, batch_size=2,
-                       show_progress=False)
+        caption_corpus(corpus, Watched(llava, stop_at=2), source="llava", splits=["train"], shard_size=1, batch_size=2)
     with pytest.raises(LeccrError, match=r"unfinished work made with other settings \(prompt differ\)"):
-        caption_corpus(corpus, llava, source="llava", prompt="describe the shapes", show_progress=False)
-    report = caption_corpus(corpus, llava, source="llava", splits=["train"], prompt="describe the shapes",
-                            overwrite=True, show_progress=False)
+        caption_corpus(corpus, llava, source="llava", prompt="describe the shapes")
+    report = caption_corpus(
+        corpus, llava, source="llava", splits=["train"], prompt="describe the shapes", overwrite=True
+    )
     assert (report.already, report.described) == (0, 10)
 
 
@@ -204,25 +204,44 @@ def test_unreadable_image_stops_or_is_skipped(corpus, llava, reference, monkeypa
     bad_path = corpus.image_paths("train")[bad_id]
     good = bad_path.read_bytes()
     bad_path.write_bytes(b"not a png")
-    with pytest.raises(CorpusError, match=rf"image '{bad_id}' at {bad_path}: cannot read it.*--on-error skip"):
-        caption_corpus(corpus, llava, source="llava", splits=["train"], batch_size=2, shard_size=2, show_progress=False)
+    with raises_on_command_line(
+        CorpusError, rf"image '{bad_id}' at {bad_path}: cannot read it.*--on-error skip", "caption"
+    ):
+        caption_corpus(corpus, llava, source="llava", splits=["train"], batch_size=2, shard_size=2)
     assert len(list(shard_folder(corpus, "llava").glob("shard-*"))) == 3  # batches before it are kept
 
-    result = runner.invoke(app, ["caption", str(corpus.path), "--model", str(llava.model_id), "--split", "train",
-                                 "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu", "--on-error", "skip"])
+    result = runner.invoke(
+        app,
+        [
+            "caption",
+            str(corpus.path),
+            "--model",
+            str(llava.model_id),
+            "--split",
+            "train",
+            "--max-new-tokens",
+            str(NEW_TOKENS),
+            "--device",
+            "cpu",
+            "--on-error",
+            "skip",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "skipped 1 unreadable image" in result.output and bad_id in result.output
     rows = Corpus.open(corpus.path).description_rows("llava")
     assert [r["image_id"] for r in rows] == [i for i in corpus.image_ids("train") if i != bad_id]
 
     bad_path.write_bytes(good)
-    report = caption_corpus(corpus, llava, source="llava", splits=["train"], show_progress=False)
+    report = caption_corpus(corpus, llava, source="llava", splits=["train"])
     assert (report.already, report.described, report.failed) == (9, 1, [])
     assert corpus.description_rows("llava") == reference
 
 
 def test_auto_backend_and_the_llava_prompt_without_a_chat_template(tiny_llava_dir, llava, base_corpus, tmp_path):
-    pictures = [[Image.open(p).convert("RGB")] for p in list(Corpus.open(base_corpus).image_paths("train").values())[:3]]
+    pictures = [
+        [Image.open(p).convert("RGB")] for p in list(Corpus.open(base_corpus).image_paths("train").values())[:3]
+    ]
     auto = open_describer("auto", str(tiny_llava_dir), device="cpu", max_new_tokens=NEW_TOKENS)
     expected = llava.describe(pictures, DEFAULT_IMAGE_PROMPT)
     assert auto.describe(pictures, DEFAULT_IMAGE_PROMPT) == expected
@@ -256,7 +275,9 @@ def _photo_corpus(tmp_path) -> Corpus:
         Image.fromarray(array).save(media / f"{name}{suffix}")
         rows.append(ImageRow(name, "test", f"{name}{suffix}"))
     captions = [Caption(f"{r.image_id}#en#0", r.image_id, "test", "en", "human", "a photo") for r in rows]
-    return write_corpus(tmp_path / "c", name="photos", modality="image", media_root=str(media), images=rows, captions=captions)
+    return write_corpus(
+        tmp_path / "c", name="photos", modality="image", media_root=str(media), images=rows, captions=captions
+    )
 
 
 # With a short prompt the random models' text depends on the photograph (the long default prompt
@@ -266,9 +287,9 @@ SHORT_PROMPT = "describe"
 
 def test_real_photographs(tmp_path, llava):
     corpus = _photo_corpus(tmp_path)
-    report = caption_corpus(corpus, llava, source="one", prompt=SHORT_PROMPT, batch_size=1, show_progress=False)
+    report = caption_corpus(corpus, llava, source="one", prompt=SHORT_PROMPT, batch_size=1)
     assert (report.described, report.rows, report.failed) == (6, 6, [])
-    caption_corpus(corpus, llava, source="four", prompt=SHORT_PROMPT, batch_size=4, show_progress=False)
+    caption_corpus(corpus, llava, source="four", prompt=SHORT_PROMPT, batch_size=4)
     one, four = corpus.description_rows("one"), corpus.description_rows("four")
     assert [r["image_id"] for r in four] == ["astronaut", "camera", "coffee", "chelsea", "rocket", "logo"]
     assert len({r["text"] for r in one}) >= 5
@@ -280,10 +301,12 @@ def test_llava_next_pads_images_of_different_token_counts(tmp_path, tiny_llava_n
     describer = open_describer("llava-next", str(tiny_llava_next_dir), device="cpu", max_new_tokens=NEW_TOKENS)
     texts = [describer.format_prompt(SHORT_PROMPT, 1)] * 6
     pictures = [Image.open(p).convert("RGB") for p in corpus.image_paths("test").values()]
-    lengths = describer.processor(images=pictures, text=texts, return_tensors="pt", padding=True)["attention_mask"].sum(1)
+    lengths = describer.processor(images=pictures, text=texts, return_tensors="pt", padding=True)["attention_mask"].sum(
+        1
+    )
     assert len(set(lengths.tolist())) > 1  # square, tall and wide photographs: the batch needs padding
-    caption_corpus(corpus, describer, source="one", prompt=SHORT_PROMPT, batch_size=1, show_progress=False)
-    caption_corpus(corpus, describer, source="four", prompt=SHORT_PROMPT, batch_size=4, show_progress=False)
+    caption_corpus(corpus, describer, source="one", prompt=SHORT_PROMPT, batch_size=1)
+    caption_corpus(corpus, describer, source="four", prompt=SHORT_PROMPT, batch_size=4)
     one, four = corpus.description_rows("one"), corpus.description_rows("four")
     assert len({r["text"] for r in one}) >= 4
     assert [r["text"] for r in four] == [r["text"] for r in one]
@@ -304,7 +327,9 @@ def _video_corpus(tmp_path) -> Corpus:
             Image.new("RGB", (40, 30), (20 * k,) * 3).save(media / video / f"frame_{k}.png")
     rows = [ImageRow(v, "test", v) for v in FRAME_COUNTS]
     captions = [Caption(f"{v}#en#0", v, "test", "en", "human", "a video") for v in FRAME_COUNTS]
-    return write_corpus(tmp_path / "c", name="clips", modality="video", media_root=str(media), images=rows, captions=captions)
+    return write_corpus(
+        tmp_path / "c", name="clips", modality="video", media_root=str(media), images=rows, captions=captions
+    )
 
 
 class FrameRecorder:
@@ -327,13 +352,13 @@ def test_frame_sampling():
 
 def test_video_frames_in_one_prompt_or_the_middle_frame(tmp_path):
     corpus = _video_corpus(tmp_path)
-    caption_corpus(corpus, FrameRecorder(multi_image=True), source="multi", frames=3, show_progress=False)
+    caption_corpus(corpus, FrameRecorder(multi_image=True), source="multi", frames=3)
     rows = corpus.description_rows("multi")
     # natural frame order (frame_10 after frame_9), three evenly spread frames, or all of a short video
     assert {r["image_id"]: r["text"] for r in rows} == {"v1": "2 6 9", "v2": "1 2 3", "v3": "1", "v4": "2 4 6"}
     assert {r["prompt"] for r in rows} == {DEFAULT_VIDEO_PROMPT}
 
-    caption_corpus(corpus, FrameRecorder(multi_image=False), source="single", frames=3, show_progress=False)
+    caption_corpus(corpus, FrameRecorder(multi_image=False), source="single", frames=3)
     rows = corpus.description_rows("single")
     assert {r["image_id"]: r["text"] for r in rows} == {"v1": "6", "v2": "2", "v3": "1", "v4": "4"}
     assert {r["prompt"] for r in rows} == {DEFAULT_IMAGE_PROMPT}
@@ -345,8 +370,8 @@ def test_videos_without_frame_images(tmp_path):
     for frame in (corpus.media_root / "v4").iterdir():
         frame.unlink()
     with pytest.raises(CorpusError, match=r"image 'v2' at \S+/v2: cannot read it \(not a folder of frame images"):
-        caption_corpus(corpus, FrameRecorder(multi_image=True), source="multi", show_progress=False)
-    report = caption_corpus(corpus, FrameRecorder(multi_image=True), source="multi", on_error="skip", show_progress=False)
+        caption_corpus(corpus, FrameRecorder(multi_image=True), source="multi")
+    report = caption_corpus(corpus, FrameRecorder(multi_image=True), source="multi", on_error="skip")
     assert [(f.image_id, f.reason) for f in report.failed] == [
         ("v2", "not a folder of frame images (no such folder)"),
         ("v4", "the folder holds no frame images"),
@@ -356,7 +381,7 @@ def test_videos_without_frame_images(tmp_path):
     # when nothing at all can be read, no (empty) dataset is written
     shutil.rmtree(corpus.media_root / "v1")
     shutil.rmtree(corpus.media_root / "v3")
-    report = caption_corpus(corpus, FrameRecorder(multi_image=True), source="none", on_error="skip", show_progress=False)
+    report = caption_corpus(corpus, FrameRecorder(multi_image=True), source="none", on_error="skip")
     assert (len(report.failed), report.rows) == (4, 0)
     assert corpus.description_sources() == ["multi"]
     assert not shard_folder(corpus, "none").exists()
@@ -364,8 +389,8 @@ def test_videos_without_frame_images(tmp_path):
 
 def test_video_batches_with_padding_give_the_same_text(tmp_path, llava):
     corpus = _video_corpus(tmp_path)
-    caption_corpus(corpus, llava, source="one", frames=3, batch_size=1, show_progress=False)
-    caption_corpus(corpus, llava, source="four", frames=3, batch_size=4, show_progress=False)
+    caption_corpus(corpus, llava, source="one", frames=3, batch_size=1)
+    caption_corpus(corpus, llava, source="four", frames=3, batch_size=4)
     one, four = corpus.description_rows("one"), corpus.description_rows("four")
     assert [r["text"] for r in one] == [r["text"] for r in four]
     assert {r["prompt"] for r in one} == {DEFAULT_VIDEO_PROMPT}
@@ -415,9 +440,26 @@ def test_bad_input_is_one_red_line(base_corpus, tiny_llava_dir, tiny_bert_dir, t
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_dataset(corpus, tiny_llava_dir, reference):
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "leccr_cli",
-        "caption", str(corpus.path), "--model", str(tiny_llava_dir), "--split", "train", "--batch-size", "2",
-        "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "leccr_cli",
+        "caption",
+        str(corpus.path),
+        "--model",
+        str(tiny_llava_dir),
+        "--split",
+        "train",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+        "--device",
+        "cpu",
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -441,13 +483,15 @@ class Recorder:
 
 
 def test_a_rerun_with_another_max_new_tokens_is_refused(corpus):
-    caption_corpus(corpus, Recorder(4), source="rec", splits=["train"], show_progress=False)
+    caption_corpus(corpus, Recorder(4), source="rec", splits=["train"])
     assert corpus.description_settings("rec") == {"frames": None, "max_new_tokens": 4}
-    with pytest.raises(LeccrError, match=r"rec holds descriptions made with other settings \(--max-new-tokens 4\).*--overwrite"):
-        caption_corpus(corpus, Recorder(8), source="rec", splits=["val"], show_progress=False)
-    report = caption_corpus(corpus, Recorder(4), source="rec", splits=["val"], show_progress=False)
+    with raises_on_command_line(
+        LeccrError, r"rec holds descriptions made with other settings \(--max-new-tokens 4\).*--overwrite", "caption"
+    ):
+        caption_corpus(corpus, Recorder(8), source="rec", splits=["val"])
+    report = caption_corpus(corpus, Recorder(4), source="rec", splits=["val"])
     assert (report.already, report.described, report.rows) == (0, 10, 20)
-    report = caption_corpus(corpus, Recorder(8), source="rec", splits=["val"], overwrite=True, show_progress=False)
+    report = caption_corpus(corpus, Recorder(8), source="rec", splits=["val"], overwrite=True)
     assert report.rows == 10 and corpus.description_settings("rec")["max_new_tokens"] == 8
 
 
@@ -466,24 +510,39 @@ def test_a_full_disk_keeps_the_finished_batches(corpus, monkeypatch):
 
     monkeypatch.setattr(ShardStore, "write", write)
     with pytest.raises(LeccrError) as caught:
-        caption_corpus(corpus, Recorder(), source="rec", splits=["train"], shard_size=4, batch_size=4, show_progress=False)
+        caption_corpus(corpus, Recorder(), source="rec", splits=["train"], shard_size=4, batch_size=4)
     message = str(caught.value)
-    assert message.startswith(f"disk full while writing {shard_folder(corpus, 'rec')}/shard-") and "free there)" in message
+    assert (
+        message.startswith(f"disk full while writing {shard_folder(corpus, 'rec')}/shard-") and "free there)" in message
+    )
     assert f"finished batches are kept in {shard_folder(corpus, 'rec')}; rerun the same command" in message
     assert len(list(shard_folder(corpus, "rec").glob("shard-*"))) == 1
     monkeypatch.undo()
-    report = caption_corpus(corpus, Recorder(), source="rec", splits=["train"], shard_size=4, show_progress=False)
+    report = caption_corpus(corpus, Recorder(), source="rec", splits=["train"], shard_size=4)
     assert (report.already, report.described, report.rows) == (4, 6, 10)
 
 
 def test_the_cli_says_when_nothing_was_written_and_why(corpus, tiny_llava_dir):
-    command = ["caption", str(corpus.path), "--model", str(tiny_llava_dir), "--split", "test", "--max-new-tokens",
-               str(NEW_TOKENS), "--device", "cpu"]
+    command = [
+        "caption",
+        str(corpus.path),
+        "--model",
+        str(tiny_llava_dir),
+        "--split",
+        "test",
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+        "--device",
+        "cpu",
+    ]
     assert runner.invoke(app, command).exit_code == 0
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    assert "Wrote" not in said and f"Nothing to do: {corpus.path / 'descriptions' / 'llava'} already describes all 10 images in test" in said
+    assert (
+        "Wrote" not in said
+        and f"Nothing to do: {corpus.path / 'descriptions' / 'llava'} already describes all 10 images in test" in said
+    )
     for row in corpus.images("val"):
         (corpus.media_root / row.path).write_bytes(b"not an image")
     result = runner.invoke(app, [*command[:5], "val", *command[6:], "--on-error", "skip", "--name", "broken"])

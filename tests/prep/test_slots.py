@@ -14,13 +14,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from leccr_cli.testing import tiny_recipe
+from leccr_cli.testing import command_line_error, raises_on_command_line, tiny_recipe
 from leccr_cli.cli.main import app
 from leccr_cli.config import load_recipe
 from leccr_cli.corpus.corpus import Caption, Corpus, ImageRow, write_corpus
 from leccr_cli.corpus.video import write_frame_features
 from leccr_cli.errors import CorpusError
-from leccr_cli.retrieval.evaluate import encode_gallery, evaluate_languages
+from leccr_cli.retrieval.encode import encode_gallery
+from leccr_cli.retrieval.evaluate import eval_options, evaluate_languages
 from leccr_cli.prep.features.cache import SlotCache, open_slot_cache
 from leccr_cli.prep.features.build import build_slots
 from leccr_cli.training.trainer import train
@@ -42,7 +43,7 @@ def losses(run: Path) -> list[float]:
 
 
 def model_for(recipe_file: Path):
-    from leccr_cli.training.pipeline import build_model_for
+    from leccr_cli.model.factory import build_model_for
 
     recipe = load_recipe(recipe_file)
     return recipe, build_model_for(recipe, Corpus.open(recipe.data.corpus))
@@ -55,8 +56,8 @@ def with_features(model, mode: str):
     return clone
 
 
-def cache_for(model, corpus, split: str, rebuild_from="RECIPE"):
-    return open_slot_cache(model, corpus, split, "synthetic", rebuild_from=rebuild_from)
+def cache_for(model, corpus, split: str):
+    return open_slot_cache(model, corpus, split, "synthetic")
 
 
 def edit_one_description(corpus_dir: Path, split: str = "train") -> str:
@@ -139,7 +140,8 @@ def test_the_file_holds_the_frozen_features_in_gallery_order(corpus_dir, tmp_pat
 def test_batches_from_the_cache_are_trimmed_to_their_longest_row(corpus_dir, tmp_path):
     from torch.utils.data import DataLoader
 
-    from leccr_cli.data.datasets import Collator, GallerySet, VisualSource
+    from leccr_cli.data.collate import Collator
+    from leccr_cli.data.datasets import GallerySet, VisualSource
 
     recipe_file = write_recipe(tmp_path, corpus_dir)
     build_slots(recipe_file, splits="test")
@@ -179,20 +181,20 @@ def test_a_stale_cache_is_detected_and_refused(corpus_dir, tmp_path):
     run = fake_run(recipe_file, tmp_path / "run")
     build_slots(run)
     edited = edit_one_description(corpus_dir)
-    recipe, model = load_recipe(run / "recipe.yaml"), load_model(run / "model")
+    model = load_model(run / "model")
     corpus = Corpus.open(corpus_dir)
     with pytest.raises(CorpusError) as caught:
-        cache_for(model, corpus, "train", run)
-    message = str(caught.value)
+        cache_for(model, corpus, "train")
+    message = command_line_error(caught.value, "evaluate")
     assert "does not match" in message and "descriptions/synthetic, changed since the cache was built" in message
     assert "weights" not in message and "tokenizer" not in message
     assert f"`leccr build-slots {run} --split train --overwrite`" in message
-    assert cache_for(model, corpus, "val", run) is not None  # other splits are untouched
+    assert cache_for(model, corpus, "val") is not None  # other splits are untouched
     # build-slots refuses to skip it, and rebuilds it with --overwrite
-    with pytest.raises(CorpusError, match="exists and does not match.*pass --overwrite"):
+    with raises_on_command_line(CorpusError, "exists and does not match.*pass --overwrite", 'build-slots'):
         build_slots(run, splits="train")
     build_slots(run, splits="train", overwrite=True)
-    cache = cache_for(model, corpus, "train", run)
+    cache = cache_for(model, corpus, "train")
     assert cache.lengths[cache.image_ids.index(edited)] > 0
 
 
@@ -203,10 +205,10 @@ def test_training_refuses_a_stale_cache_before_the_first_step(corpus_dir, tmp_pa
     edit_one_description(corpus_dir)
     with pytest.raises(CorpusError) as caught:
         train(load_recipe(recipe_file), tmp_path / "run")
-    message = str(caught.value)
+    message = command_line_error(caught.value, "train", recipe=str(recipe_file))
     assert "no slot cache for this description encoder" in message
     assert "what differs: the description encoder's weights; the tokenizer's vocabulary; the descriptions" in message
-    assert "`leccr build-slots RECIPE --split train`" in message
+    assert f"`leccr build-slots {recipe_file} --split train`" in message
     assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
@@ -221,9 +223,10 @@ def test_other_settings_are_named(corpus_dir, tmp_path):
     # another seed is another from-scratch encoder: another folder, so no cache for it yet
     other_file = write_recipe(tmp_path, corpus_dir, "other")
     other = load_recipe(other_file, ["seed=1"])
-    from leccr_cli.training.pipeline import build_model_for
+    from leccr_cli.model.factory import build_model_for
 
-    with pytest.raises(CorpusError, match=r"no slot cache .*scratch-\w+/train.safetensors, was built from other inputs \(what differs: the description encoder's weights\)"):
+    with pytest.raises(CorpusError, match=r"no slot cache .*scratch-\w+/train.safetensors, was built from other inputs "
+        r"\(what differs: the description encoder's weights\)"):
         cache_for(build_model_for(other, Corpus.open(corpus_dir)), Corpus.open(corpus_dir), "train")
 
 
@@ -249,12 +252,18 @@ def test_evaluation_from_the_cache_equals_live_encoding(corpus_dir, tmp_path):
     recipe, model = model_for(recipe_file)
     corpus = Corpus.open(corpus_dir)
     live = with_features(model, "live")
-    ids, from_cache = encode_gallery(model, corpus, "test", recipe)
-    _, encoded = encode_gallery(live, corpus, "test", recipe)
+    ids, from_cache = encode_gallery(
+        model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size
+    )
+    _, encoded = encode_gallery(
+        live, corpus, "test", descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size
+    )
     assert len(ids) == 15
     torch.testing.assert_close(from_cache.global_embeds, encoded.global_embeds, atol=1e-5, rtol=0)
     torch.testing.assert_close(from_cache.slot_embeds, encoded.slot_embeds, atol=1e-5, rtol=0)
-    assert evaluate_languages(model, corpus, "test", ["de"], recipe) == evaluate_languages(live, corpus, "test", ["de"], recipe)
+    assert evaluate_languages(model, corpus, "test", ["de"], **eval_options(recipe)) == evaluate_languages(
+        live, corpus, "test", ["de"], **eval_options(recipe)
+    )
 
 
 # ---------------------------------------------------------------------------- the command
@@ -349,8 +358,16 @@ def test_a_video_corpus_round_trip(synthetic_corpus, tmp_path):
     recipe, model = model_for(recipe_file)
     assert model.modality == "video"
     corpus = Corpus.open(corpus_dir)
-    _, from_cache = encode_gallery(model, corpus, "val", recipe)
-    _, encoded = encode_gallery(with_features(model, "live"), corpus, "val", recipe)
+    _, from_cache = encode_gallery(
+        model, corpus, "val", descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size
+    )
+    _, encoded = encode_gallery(
+        with_features(model, "live"),
+        corpus,
+        "val",
+        descriptions=recipe.data.descriptions,
+        batch_size=recipe.eval.batch_size,
+    )
     torch.testing.assert_close(from_cache.global_embeds, encoded.global_embeds, atol=1e-5, rtol=0)
     short = ["optim.max_steps=2", "eval.every_steps=2"]
     cached_run = train(load_recipe(recipe_file, short), tmp_path / "cached").run_dir
@@ -362,7 +379,9 @@ def test_each_process_reads_only_the_rows_of_its_batches(corpus_dir, tmp_path):
     from accelerate.data_loader import prepare_data_loader
     from torch.utils.data import DataLoader
 
-    from leccr_cli.data.datasets import Collator, TextCleaning, TrainingSet, VisualSource, training_examples
+    from leccr_cli.data.collate import Collator
+    from leccr_cli.data.datasets import TrainingSet, VisualSource, training_examples
+    from leccr_cli.utils.text import TextCleaning
 
     recipe_file = write_recipe(tmp_path, corpus_dir)
     build_slots(recipe_file, splits="train")
@@ -393,13 +412,15 @@ def test_unpooled_description_slots_over_several_gallery_batches_equal_one_by_on
     recipe_file = write_recipe(tmp_path, corpus_dir, slots=False, description_features="live")
     recipe, model = model_for(recipe_file)
     corpus = Corpus.open(corpus_dir)
-    ids, batched = encode_gallery(model, corpus, "test", recipe, batch_size=4)
-    one_by_one = [encode_gallery(model, corpus, "test", recipe, batch_size=1)[1]]
-    whole = encode_gallery(model, corpus, "test", recipe, batch_size=len(ids))[1]
+    ids, batched = encode_gallery(model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=4)
+    one_by_one = [encode_gallery(model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=1)[1]]
+    whole = encode_gallery(model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=len(ids))[1]
     assert batched.slot_mask is not None and batched.slot_embeds.shape[:2] == batched.slot_mask.shape
     texts = torch.nn.functional.normalize(torch.randn(6, batched.global_embeds.shape[1]), dim=-1)
     for other in one_by_one + [whole]:
-        torch.testing.assert_close(model.score(texts, batched, fusion=0.5), model.score(texts, other, fusion=0.5), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model.score(texts, batched, fusion=0.5), model.score(texts, other, fusion=0.5), atol=1e-5, rtol=0
+        )
 
 
 def test_a_full_disk_or_ctrl_c_keeps_the_finished_splits(corpus_dir, tmp_path, monkeypatch):

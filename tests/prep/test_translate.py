@@ -1,4 +1,5 @@
-"""`leccr translate` on the real Multi30K English val captions with tiny random MT models."""
+"""`leccr translate` with tiny random MT models: on synthetic captions (1,014 distinct English captions with German
+ones), and on the real Multi30K English val captions (an integration test, skipped without the text)."""
 
 import gzip
 import json
@@ -15,7 +16,9 @@ from typer.testing import CliRunner
 from leccr_cli.cli.main import app
 from leccr_cli.corpus.corpus import Caption, Corpus, ImageRow, translated_cap_id, write_corpus
 from leccr_cli.errors import CorpusError, LeccrError, ModelError
-from leccr_cli.prep.translate.engines import PARTIAL_FOLDER, TranslationOptions, TranslationStats, make_engine, translate_corpus
+from leccr_cli.prep.translate.engines import TranslationOptions, TranslationStats, make_engine
+from leccr_cli.prep.translate.jobs import PARTIAL_FOLDER, translate_corpus
+from leccr_cli.testing import raises_on_command_line
 
 MAX_TOKENS = 16  # the random models rarely stop early: this bounds every generation
 DUPLICATES = 25  # extra English captions that repeat another caption's text
@@ -32,19 +35,43 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+VAL_SIZE = 1014  # captions of the val corpus (as many as Multi30K val has)
+
+
 @pytest.fixture(scope="module")
-def val(multi30k_text):
+def val(tmp_path_factory):
+    """(image ids, English captions, German captions): 1014 synthetic training images, each with a distinct English
+    caption and its noisy German translation."""
+    from leccr_cli.corpus.synthetic.image import build_synthetic
+
+    corpus = Corpus.open(
+        build_synthetic(tmp_path_factory.mktemp("synthetic") / "corpus", images=2000, seed=7, image_size=16).path
+    )
+    german = {c.source: c.text for c in corpus.captions("train") if c.lang == "de" and c.origin == "mt"}
+    rows, texts, images = [], set(), set()
+    for caption in corpus.captions("train", "en", origin="human"):
+        if caption.text not in texts and caption.image_id not in images:
+            texts.add(caption.text)
+            images.add(caption.image_id)
+            rows.append((caption.image_id, caption.text, german[caption.cap_id]))
+    assert len(rows) >= VAL_SIZE
+    image_ids, english, german_texts = (list(column) for column in zip(*rows[:VAL_SIZE]))
+    return image_ids, english, german_texts
+
+
+@pytest.fixture(scope="module")
+def multi30k_val(multi30k_text):
     """(image ids, English captions, German captions) of Multi30K val, 1014 each."""
 
     def lines(lang):
         with gzip.open(multi30k_text / "task1" / "raw" / f"val.{lang}.gz", "rt", encoding="utf-8") as handle:
-            return handle.read().split("\n")[:1014]
+            return handle.read().split("\n")[:VAL_SIZE]
 
     names = (multi30k_text / "task1" / "image_splits" / "val.txt").read_text().split()
     return [Path(n).stem for n in names], lines("en"), lines("de")
 
 
-def _write_val_corpus(out, val, count=1014, duplicates=0, descriptions=None):
+def _write_val_corpus(out, val, count=VAL_SIZE, duplicates=0, descriptions=None):
     image_ids, english, german = (part[:count] for part in val)
     images = [ImageRow(i, "val", f"{i}.jpg") for i in image_ids] + [ImageRow("only-de", "test", "x.jpg")]
     captions = [Caption(f"{i}#en#0", i, "val", "en", "human", text) for i, text in zip(image_ids, english)]
@@ -55,7 +82,12 @@ def _write_val_corpus(out, val, count=1014, duplicates=0, descriptions=None):
     ]
     captions.append(Caption("only-de#de#0", "only-de", "test", "de", "human", "Ein Hund."))
     return write_corpus(
-        out, name="m30k-val", modality="image", media_root="/nowhere", images=images, captions=captions,
+        out,
+        name="m30k-val",
+        modality="image",
+        media_root="/nowhere",
+        images=images,
+        captions=captions,
         descriptions=descriptions,
     )
 
@@ -64,6 +96,12 @@ def _write_val_corpus(out, val, count=1014, duplicates=0, descriptions=None):
 def val_corpus(val, tmp_path_factory):
     """All 1014 val images, English + German captions, plus DUPLICATES repeated English texts. Copy before writing."""
     return _write_val_corpus(tmp_path_factory.mktemp("val") / "corpus", val, duplicates=DUPLICATES).path
+
+
+@pytest.fixture(scope="module")
+def multi30k_corpus(multi30k_val, tmp_path_factory):
+    """The val corpus of the real Multi30K captions. Copy before writing."""
+    return _write_val_corpus(tmp_path_factory.mktemp("m30k") / "corpus", multi30k_val, duplicates=DUPLICATES).path
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +117,19 @@ def small_corpus(val, tmp_path_factory):
     return _write_val_corpus(out, val, count=40, descriptions={"llava": descriptions}).path
 
 
-@pytest.fixture(scope="module")
-def marian_template(val, tmp_path_factory):
-    """`<dir>/tiny-{src}-{tgt}`: one tiny Marian folder, linked under the names of several pairs."""
+def _marian_template(folder: Path, texts: list[str]) -> str:
+    """`<folder>/tiny-{src}-{tgt}`: one tiny Marian folder (vocabulary: `texts`), linked under several pairs' names."""
     from leccr_cli.testing import build_tiny_marian
 
-    models = tmp_path_factory.mktemp("marian")
-    build_tiny_marian(models / "tiny-en-de", texts=val[1], init_std=0.3)
+    build_tiny_marian(folder / "tiny-en-de", texts=texts, init_std=0.3)
     for pair in ("en-fr", "de-en", "fr-en"):
-        (models / f"tiny-{pair}").symlink_to(models / "tiny-en-de", target_is_directory=True)
-    return str(models / "tiny-{src}-{tgt}")
+        (folder / f"tiny-{pair}").symlink_to(folder / "tiny-en-de", target_is_directory=True)
+    return str(folder / "tiny-{src}-{tgt}")
+
+
+@pytest.fixture(scope="module")
+def marian_template(val, tmp_path_factory):
+    return _marian_template(tmp_path_factory.mktemp("marian"), val[1])
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +157,7 @@ def _marian(template, **options):
 def _translate(path, targets, engine, **kwargs):
     """translate_corpus on the val split, quietly."""
     kwargs.setdefault("splits", ["val"])
-    return translate_corpus(path, targets, engine, show_progress=False, **kwargs)
+    return translate_corpus(path, targets, engine, **kwargs)
 
 
 def _rows(path, lang, origin, split="val"):
@@ -127,6 +168,17 @@ def _rows(path, lang, origin, split="val"):
 
 
 def test_every_caption_gets_one_translation_per_target(val_corpus, marian_template, tmp_path):
+    _check_one_translation_per_caption(val_corpus, marian_template, tmp_path, distinct_outputs=100)
+
+
+def test_the_multi30k_val_captions_get_one_translation_per_target(
+    multi30k_corpus, multi30k_val, tmp_path_factory, tmp_path
+):
+    template = _marian_template(tmp_path_factory.mktemp("m30k-marian"), multi30k_val[1])
+    _check_one_translation_per_caption(multi30k_corpus, template, tmp_path, distinct_outputs=200)
+
+
+def _check_one_translation_per_caption(val_corpus, marian_template, tmp_path, distinct_outputs: int):
     path = _copy(val_corpus, tmp_path)
     engine = _marian(marian_template)
     encoded: list[str] = []
@@ -135,7 +187,7 @@ def test_every_caption_gets_one_translation_per_target(val_corpus, marian_templa
     reports = _translate(path, ["de", "fr"], engine, shard_size=400)
 
     english = _rows(path, "en", "human")
-    assert len(english) == 1014 + DUPLICATES
+    assert len(english) == VAL_SIZE + DUPLICATES
     distinct = list(dict.fromkeys(c.text for c in english))
     # each distinct text went through the model once per target, duplicates included once
     assert sorted(encoded) == sorted(distinct * 2)
@@ -147,13 +199,16 @@ def test_every_caption_gets_one_translation_per_target(val_corpus, marian_templa
         assert all(r.image_id == c.image_id and r.text.strip() for r, c in zip(rows, english))
         assert {r.model for r in rows} == {f"marian:{marian_template.replace('{src}', 'en').replace('{tgt}', tgt)}"}
         assert (report.sources, report.written, report.translated, report.duplicates) == (
-            1014 + DUPLICATES, 1014 + DUPLICATES, len(distinct), DUPLICATES,
+            VAL_SIZE + DUPLICATES,
+            VAL_SIZE + DUPLICATES,
+            len(distinct),
+            DUPLICATES,
         )
         by_text = {}
         for caption, row in zip(english, rows):
             assert by_text.setdefault(caption.text, row.text) == row.text  # duplicates share one translation
     # the random model's output depends on its input, so the order checks above mean something
-    assert len({r.text for r in _rows(path, "de", "mt")}) > 200
+    assert len({r.text for r in _rows(path, "de", "mt")}) > distinct_outputs
     # German human captions are untouched; nothing partial is left behind
     assert _rows(path, "de", "human") == _rows(val_corpus, "de", "human")
     assert not (path / PARTIAL_FOLDER).exists()
@@ -177,15 +232,15 @@ def test_empty_texts_stay_out_of_the_batches_and_long_ones_are_counted(val, mari
     encoded: list[str] = []
     encode = engine.encode
     engine.encode = lambda texts, src, tgt: encoded.extend(texts) or encode(texts, src, tgt)
-    long_text = val[1][0] + " " + val[1][1]
-    texts = ["", val[1][2], "   ", long_text, val[1][2]]
+    long_text = " ".join(val[1][:6])  # more tokens than MAX_TOKENS
+    texts = ["", val[1][6], "   ", long_text, val[1][6]]
     stats = TranslationStats()
     out = engine.translate(texts, "en", "de", stats=stats)
     assert out[0] == "" and out[2] == "" and out[1] == out[4] != ""
-    assert sorted(encoded) == sorted([val[1][2], long_text])
+    assert sorted(encoded) == sorted([val[1][6], long_text])
     tokenizer = engine.load("en", "de")[1]
     room = MAX_TOKENS - tokenizer.num_special_tokens_to_add()
-    expected = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) > room for t in (val[1][2], long_text))
+    expected = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) > room for t in (val[1][6], long_text))
     assert (stats.texts, stats.empty, stats.unique, stats.truncated) == (5, 2, 2, expected) and expected >= 1
     assert engine.encode([long_text], "en", "de")["input_ids"].shape[1] == MAX_TOKENS
 
@@ -207,7 +262,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(val_corpus, marian_t
     assert shards == ["shard-00000", "shard-00001"]
 
     [report] = _translate(broken, ["de"], _marian(marian_template), shard_size=300)
-    assert report.resumed == 600 and report.translated == 1014 - 600
+    assert report.resumed == 600 and report.translated == VAL_SIZE - 600
     assert Corpus.open(broken).captions() == Corpus.open(whole).captions()
     assert not (broken / PARTIAL_FOLDER).exists()
 
@@ -221,7 +276,9 @@ def test_shards_made_with_other_settings_are_refused_unless_overwrite(small_corp
     with pytest.raises(KeyboardInterrupt):
         _translate(path, ["de"], _marian(marian_template), shard_size=10, on_shard=interrupt)
     engine = make_engine("marian", marian_template, TranslationOptions(max_tokens=MAX_TOKENS - 4))
-    with pytest.raises(LeccrError, match=r"unfinished work made with other settings \(max_tokens differ\).*--overwrite"):
+    with raises_on_command_line(
+        LeccrError, r"unfinished work made with other settings \(max_tokens differ\).*--overwrite", "translate"
+    ):
         _translate(path, ["de"], engine, shard_size=10)
     [report] = _translate(path, ["de"], engine, shard_size=10, overwrite=True)
     assert report.resumed == 0 and report.translated == 40
@@ -262,7 +319,10 @@ def test_back_translation_rows(small_corpus, marian_template, tmp_path):
     path = _copy(small_corpus, tmp_path)
     reports = _translate(path, ["de", "fr"], _marian(marian_template), back=True)
     assert [(r.kind, r.src, r.tgt) for r in reports] == [
-        ("mt", "en", "de"), ("back", "de", "en"), ("mt", "en", "fr"), ("back", "fr", "en"),
+        ("mt", "en", "de"),
+        ("back", "de", "en"),
+        ("mt", "en", "fr"),
+        ("back", "fr", "en"),
     ]
     back = _rows(path, "en", "back")
     mt = {r.cap_id: r for r in _rows(path, "de", "mt") + _rows(path, "fr", "mt")}
@@ -273,10 +333,13 @@ def test_back_translation_rows(small_corpus, marian_template, tmp_path):
         assert row.model == "marian:" + marian_template.format(src=mt[row.source].lang, tgt="en")
 
 
-@pytest.mark.parametrize("engine_name, source_token, target_tokens", [
-    ("nllb", "eng_Latn", {"de": "deu_Latn", "cs": "ces_Latn"}),
-    ("m2m100", "__en__", {"de": "__de__", "cs": "__cs__"}),
-])
+@pytest.mark.parametrize(
+    "engine_name, source_token, target_tokens",
+    [
+        ("nllb", "eng_Latn", {"de": "deu_Latn", "cs": "ces_Latn"}),
+        ("m2m100", "__en__", {"de": "__de__", "cs": "__cs__"}),
+    ],
+)
 def test_language_token_engines_force_the_target_code(engine_name, source_token, target_tokens, request, val):
     folder = request.getfixturevalue(f"{engine_name}_dir")
     engine = make_engine(engine_name, str(folder), TranslationOptions(max_tokens=MAX_TOKENS))
@@ -315,7 +378,7 @@ def test_descriptions_are_translated_into_their_own_source(small_corpus, marian_
     assert _rows(path, "de", "mt") == []  # captions are left alone
     [again] = _translate(path, ["de"], _marian(marian_template), descriptions="llava", splits=None)
     assert again.translated == 0 and again.already_done == 39
-    with pytest.raises(LeccrError, match="--back applies to captions"):
+    with raises_on_command_line(LeccrError, "--back applies to captions", "translate"):
         translate_corpus(path, ["de"], _marian(marian_template), descriptions="llava", back=True)
     with pytest.raises(CorpusError, match="no descriptions from 'blip'"):
         translate_corpus(path, ["de"], _marian(marian_template), descriptions="blip")
@@ -326,7 +389,9 @@ def test_descriptions_are_translated_into_their_own_source(small_corpus, marian_
 
 def test_bad_languages_are_refused_before_any_model_loads(small_corpus, marian_template, tmp_path):
     engine = make_engine("nllb", str(tmp_path / "never-loaded"))
-    with pytest.raises(LeccrError, match=r"--engine nllb does not support language 'mt' \(supported: af, ar, .*zh\)"):
+    with raises_on_command_line(
+        LeccrError, r"--engine nllb does not support language 'mt' \(supported: af, ar, .*zh\)", "translate"
+    ):
         translate_corpus(small_corpus, ["de", "mt"], engine)
     with pytest.raises(LeccrError, match="unknown language code 'xx'"):
         translate_corpus(small_corpus, ["xx"], engine)
@@ -335,7 +400,7 @@ def test_bad_languages_are_refused_before_any_model_loads(small_corpus, marian_t
     fixed = make_engine("marian", str(tmp_path / "one-model"))
     with pytest.raises(LeccrError, match=r"translate both en->de and en->fr.*template with \{src\} and \{tgt\}"):
         translate_corpus(small_corpus, ["de", "fr"], fixed)
-    with pytest.raises(LeccrError, match="needs --model"):
+    with raises_on_command_line(LeccrError, "needs --model", "translate"):
         make_engine("auto")
     with pytest.raises(LeccrError, match="unknown engine 'google'"):
         make_engine("google")
@@ -350,7 +415,7 @@ def test_wrong_models_are_named(small_corpus, marian_template, nllb_dir, m2m100_
         ("auto", tmp_path / "missing", "translation model folder .*missing does not exist"),
     ]
     for engine_name, model, message in cases:
-        with pytest.raises(ModelError, match=message):
+        with raises_on_command_line(ModelError, message, "translate"):
             make_engine(engine_name, str(model)).load("en", "de")
 
 
@@ -384,19 +449,23 @@ def test_cli_translates_and_errors_are_one_line(small_corpus, marian_template, t
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
 
 
-TWO_PROCESS_SCRIPT = """
+TWO_PROCESS_SCRIPT = (
+    """
 import json, os, sys
-from leccr_cli.prep.translate.engines import TranslationOptions, make_engine, translate_corpus
+from leccr_cli.prep.translate.engines import TranslationOptions, make_engine
+from leccr_cli.prep.translate.jobs import translate_corpus
 
 corpus, template, out = sys.argv[1:]
 engine = make_engine("marian", template, TranslationOptions(max_tokens=%d, batch_size=4))
 seen = []
 encode = engine.encode
 engine.encode = lambda texts, src, tgt: seen.extend(texts) or encode(texts, src, tgt)
-translate_corpus(corpus, ["de"], engine, splits=["val"], back=True, show_progress=False)
+translate_corpus(corpus, ["de"], engine, splits=["val"], back=True)
 with open(os.path.join(out, "rank%%s.json" %% os.environ["RANK"]), "w") as handle:
     json.dump({"processes": engine.state.num_processes, "texts": seen}, handle)
-""" % MAX_TOKENS
+"""
+    % MAX_TOKENS
+)
 
 
 @pytest.mark.slow
@@ -408,8 +477,16 @@ def test_two_processes_split_the_work_and_give_the_single_process_result(small_c
     script.write_text(TWO_PROCESS_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(script), str(double), marian_template, str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(double),
+        marian_template,
+        str(tmp_path),
     ]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -446,6 +523,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_two_translates_at_once_the_second_is_refused_and_nothing_is_lost(small_corpus, marian_template, tmp_path):
     """While `translate --to de` runs, `translate --to fr` on the same corpus stops with one line naming it;
     afterwards both sets of rows are there."""
@@ -454,7 +532,9 @@ def test_two_translates_at_once_the_second_is_refused_and_nothing_is_lost(small_
     gate = tmp_path / "go"
     first = subprocess.Popen(
         [sys.executable, "-c", HELD_TRANSLATE, str(gate), "translate", str(path), "--to", "de", *common],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert first.stdout.readline().strip() == "translating", first.stderr.read()
@@ -502,8 +582,10 @@ def test_a_full_disk_keeps_the_finished_shards(small_corpus, marian_template, tm
 
 def test_max_tokens_beyond_the_position_limit_is_refused_up_front(small_corpus, marian_template, tmp_path):
     path = _copy(small_corpus, tmp_path)
-    result = CliRunner().invoke(app, ["translate", str(path), "--to", "de", "--split", "val", "--model", marian_template,
-                                      "--max-tokens", "1000"])
+    result = CliRunner().invoke(
+        app,
+        ["translate", str(path), "--to", "de", "--split", "val", "--model", marian_template, "--max-tokens", "1000"],
+    )
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--max-tokens 1000 is beyond the position limit of" in lines[0]

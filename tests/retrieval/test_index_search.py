@@ -16,14 +16,19 @@ from leccr_cli.corpus.corpus import Corpus
 from leccr_cli.corpus.importers.descriptions import import_descriptions
 from leccr_cli.corpus.importers.image_folder import import_images
 from leccr_cli.errors import CorpusError, ModelError
-from leccr_cli.retrieval.evaluate import encode_gallery, encode_texts, evaluate_languages, query_captions
-from leccr_cli.retrieval.index.builder import CODES_FILE, EMBEDDINGS_FILE, Index, IndexFolderError, build_index
+from leccr_cli.retrieval.encode import encode_gallery, encode_texts
+from leccr_cli.retrieval.evaluate import eval_options, evaluate_languages, query_captions
+from leccr_cli.errors import IndexFolderError
+from leccr_cli.retrieval.index.builder import build_index
+from leccr_cli.retrieval.index.format import CODES_FILE, EMBEDDINGS_FILE
+from leccr_cli.retrieval.index.reader import Index
 from leccr_cli.retrieval.metrics import metrics_from_ranks, retrieval_ranks_from_rows
 from leccr_cli.model.factory import load_query_model
-from leccr_cli.training.pipeline import build_model_for, resolve_paths
+from leccr_cli.config import resolve_paths
+from leccr_cli.model.factory import build_model_for
 from leccr_cli.runs.layout import create_run_dir, load_run
 from leccr_cli.retrieval.search import Searcher
-from leccr_cli.testing import single_error_line, tiny_recipe, writer_lock_holder
+from leccr_cli.testing import raises_on_command_line, single_error_line, tiny_recipe, writer_lock_holder
 
 runner = CliRunner()
 
@@ -47,20 +52,26 @@ def _gallery_of(synthetic_corpus, folder, count, first=0):
 # ---------------------------------------------------------------------- the same ranks as evaluate
 
 
-def test_search_ranks_every_test_caption_as_evaluate_does(trained_run, synthetic_corpus, tmp_path):
+def test_search_ranks_every_test_caption_as_evaluate_does(own_run, synthetic_corpus, tmp_path):
     out = tmp_path / "index"
-    result = runner.invoke(app, ["index", str(trained_run), str(synthetic_corpus), "--split", "test", "--out", str(out), "--dtype", "fp32"])
+    result = runner.invoke(
+        app, ["index", str(own_run), str(synthetic_corpus), "--split", "test", "--out", str(out), "--dtype", "fp32"]
+    )
     assert result.exit_code == 0, result.output
     assert "15 images (15 embedded; fp32)" in result.output
 
-    recipe, model = load_run(trained_run)
+    recipe, model = load_run(own_run)
     corpus = Corpus.open(synthetic_corpus)
     texts, owners = query_captions(corpus, "test", "de")
-    image_ids, gallery = encode_gallery(model, corpus, "test", recipe)
-    text_embeds = encode_texts(model, texts, recipe)
+    image_ids, gallery = encode_gallery(
+        model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size
+    )
+    text_embeds = encode_texts(model, texts, batch_size=recipe.eval.batch_size)
     labels = [image_ids.index(owner) for owner in owners]
-    ranks = retrieval_ranks_from_rows(lambda a, b: model.score(text_embeds[a:b], gallery), len(texts), len(image_ids), labels)
-    evaluated = evaluate_languages(model, corpus, "test", ["de"], recipe)["de"]
+    ranks = retrieval_ranks_from_rows(
+        lambda a, b: model.score(text_embeds[a:b], gallery), len(texts), len(image_ids), labels
+    )
+    evaluated = evaluate_languages(model, corpus, "test", ["de"], **eval_options(recipe))["de"]
     assert metrics_from_ranks(ranks) == {key: evaluated[key] for key in metrics_from_ranks(ranks)}
 
     index = Index.open(out)
@@ -74,7 +85,7 @@ def test_search_ranks_every_test_caption_as_evaluate_does(trained_run, synthetic
     positions = [next(r["rank"] for r in a["results"] if r["image_id"] == owner) for a, owner in zip(answers, owners)]
     assert positions == ranks.t2i.tolist()
 
-    evaluated = runner.invoke(app, ["evaluate", str(trained_run), "--lang", "de", "--json", str(tmp_path / "eval.json")])
+    evaluated = runner.invoke(app, ["evaluate", str(own_run), "--lang", "de", "--json", str(tmp_path / "eval.json")])
     assert evaluated.exit_code == 0, evaluated.output
     reported = json.loads((tmp_path / "eval.json").read_text())["de"]
     for k in (1, 5, 10):
@@ -106,8 +117,10 @@ def test_fusion_scores_as_evaluate_does(trained_run, synthetic_corpus, tmp_path)
     recipe, model = load_run(trained_run)
     corpus = Corpus.open(synthetic_corpus)
     texts, _ = query_captions(corpus, "test", "fr")
-    _, gallery = encode_gallery(model, corpus, "test", recipe)
-    expected = model.score(encode_texts(model, texts, recipe), gallery, fusion=0.4)
+    _, gallery = encode_gallery(
+        model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size
+    )
+    expected = model.score(encode_texts(model, texts, batch_size=recipe.eval.batch_size), gallery, fusion=0.4)
     hits, _ = Searcher.open(tmp_path / "index").search(texts, k=15, fusion=0.4)
     for row, query_hits in zip(expected, hits):
         assert [h.score for h in query_hits] == pytest.approx(sorted(row.tolist(), reverse=True), abs=1e-6)
@@ -119,7 +132,10 @@ def test_the_query_model_reads_only_the_text_side(trained_run):
     assert query_model.vision.vision_model.embeddings.patch_embedding.weight.is_meta
     assert query_model.slot_generator.layers[0].norm.weight.is_meta
     texts = ["ein kleiner roter Kreis links", "une étoile bleue"]
-    assert torch.equal(encode_texts(query_model, texts, recipe), encode_texts(model.eval(), texts, recipe))
+    assert torch.equal(
+        encode_texts(query_model, texts, batch_size=recipe.eval.batch_size),
+        encode_texts(model.eval(), texts, batch_size=recipe.eval.batch_size),
+    )
 
 
 # ---------------------------------------------------------------------- resumable, incremental
@@ -137,7 +153,7 @@ def test_an_interrupted_index_resumes_to_the_same_tensors(trained_run, synthetic
         build_index(trained_run, synthetic_corpus, target, split="test", batch_size=4, on_batch=killed)
     # nothing that looks finished: the writer lock and the first batch in .parts/
     assert sorted(p.name for p in target.iterdir()) == [".leccr.lock", ".parts"]
-    with pytest.raises(IndexFolderError, match="unfinished .*rerun the same `leccr index` command"):
+    with raises_on_command_line(IndexFolderError, "unfinished .*rerun the same `leccr index` command", "search"):
         Index.open(target)
     assert "is unfinished" in single_error_line(runner.invoke(app, ["search", str(target), "kreis"]))
 
@@ -147,19 +163,28 @@ def test_an_interrupted_index_resumes_to_the_same_tensors(trained_run, synthetic
     assert torch.equal(a.global_embeds, b.global_embeds) and torch.equal(a.slot_embeds, b.slot_embeds)
     assert (a.image_ids, a.paths, a.descriptions) == (b.image_ids, b.paths, b.descriptions)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries beside it
-    assert sorted(p.name for p in target.iterdir()) == [".leccr.lock", CODES_FILE, EMBEDDINGS_FILE, "index.json", "items"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        ".leccr.lock",
+        CODES_FILE,
+        EMBEDDINGS_FILE,
+        "index.json",
+        "items",
+    ]
     assert (target / CODES_FILE).read_bytes() == (tmp_path / "whole" / CODES_FILE).read_bytes()
     again = build_index(trained_run, synthetic_corpus, target, split="test", batch_size=4)
     assert (again.status, again.embedded) == ("up to date", 0)
 
 
+@pytest.mark.slow
 def test_a_second_index_writer_is_refused_and_search_goes_on(test_index, tmp_path):
     out = shutil.copytree(test_index, tmp_path / "index")
     holder = writer_lock_holder(out, ["index", "RUN", "CORPUS", "--out", str(out)])
     try:
         assert holder.stdout.readline().strip() == "locked"
         info = Index.open(out).info
-        line = single_error_line(runner.invoke(app, ["index", info.model.run, info.corpus, "--split", "test", "--out", str(out)]))
+        line = single_error_line(
+            runner.invoke(app, ["index", info.model.run, info.corpus, "--split", "test", "--out", str(out)])
+        )
         assert f"is being written by `leccr index RUN CORPUS --out {out}` (pid {holder.pid}" in line
         assert runner.invoke(app, ["search", str(out), "ein stern"]).exit_code == 0  # readers are never blocked
     finally:
@@ -174,7 +199,7 @@ def test_a_full_disk_keeps_the_finished_batches(trained_run, synthetic_corpus, t
 
     import leccr_cli.retrieval.index.builder as index_module
 
-    write = index_module._Parts.write
+    write = index_module.ShardStore.write_tensors
     calls = []
 
     def fill_up(self, *args):
@@ -183,7 +208,7 @@ def test_a_full_disk_keeps_the_finished_batches(trained_run, synthetic_corpus, t
             raise OSError(errno.ENOSPC, "No space left on device")
         write(self, *args)
 
-    monkeypatch.setattr(index_module._Parts, "write", fill_up)
+    monkeypatch.setattr(index_module.ShardStore, "write_tensors", fill_up)
     out = tmp_path / "index"
     args = ["index", str(trained_run), str(synthetic_corpus), "--split", "test", "--out", str(out), "--batch-size", "4"]
     line = single_error_line(runner.invoke(app, args))
@@ -203,7 +228,9 @@ def test_new_images_are_appended_and_equal_a_fresh_index(trained_run, synthetic_
 
     _gallery_of(synthetic_corpus, photos, 5, first=10)
     corpus = import_images(photos, tmp_path / "corpus").corpus
-    with pytest.raises(CorpusError, match=r"5 of 15 images of split 'gallery' have no description .*`leccr caption"):
+    with raises_on_command_line(
+        CorpusError, r"5 of 15 images of split 'gallery' have no description .*`leccr caption", "index"
+    ):
         build_index(trained_run, corpus.path, tmp_path / "index")
     import_descriptions(corpus, descriptions, "synthetic", overwrite=True)
     grown = build_index(trained_run, corpus.path, tmp_path / "index")
@@ -217,7 +244,9 @@ def test_new_images_are_appended_and_equal_a_fresh_index(trained_run, synthetic_
     changed = {row["image_id"]: row["text"] for row in corpus.description_rows("synthetic")}
     first_id = a.image_ids[0]
     changed[first_id] = "The image shows one large blue star in the middle."
-    (tmp_path / "changed.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in changed.items()))
+    (tmp_path / "changed.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in changed.items())
+    )
     import_descriptions(Corpus.open(corpus.path), tmp_path / "changed.jsonl", "synthetic", overwrite=True)
     redone = build_index(trained_run, corpus.path, tmp_path / "index")
     assert (redone.embedded, redone.reused) == (1, 14)
@@ -226,7 +255,9 @@ def test_new_images_are_appended_and_equal_a_fresh_index(trained_run, synthetic_
 
 def test_a_model_that_reads_descriptions_names_the_images_without_one(trained_run, synthetic_corpus, tmp_path):
     corpus = import_images(_gallery_of(synthetic_corpus, tmp_path / "photos", 3), tmp_path / "corpus").corpus
-    line = single_error_line(runner.invoke(app, ["index", str(trained_run), str(corpus.path), "--out", str(tmp_path / "i")]))
+    line = single_error_line(
+        runner.invoke(app, ["index", str(trained_run), str(corpus.path), "--out", str(tmp_path / "i")])
+    )
     assert "this model reads image descriptions" in line and f"leccr caption {corpus.path} --name synthetic" in line
     assert not (tmp_path / "i").exists()
 
@@ -308,7 +339,9 @@ def test_bad_queries_are_one_red_line(test_index, tmp_path):
 
 def test_bad_index_folders_are_one_red_line(trained_run, synthetic_corpus, tmp_path):
     assert "no such folder" in single_error_line(runner.invoke(app, ["search", str(tmp_path / "nowhere"), "stern"]))
-    assert "is not an index (no index.json)" in single_error_line(runner.invoke(app, ["search", str(tmp_path), "stern"]))
+    assert "is not an index (no index.json)" in single_error_line(
+        runner.invoke(app, ["search", str(tmp_path), "stern"])
+    )
 
     run = _copy_run(trained_run, tmp_path / "run")
     out = tmp_path / "index"
@@ -326,7 +359,11 @@ def test_bad_index_folders_are_one_red_line(trained_run, synthetic_corpus, tmp_p
     (damaged / "index.json").write_text((out / "index.json").read_text().replace('"version": 2', '"version": 1'))
     line = single_error_line(runner.invoke(app, ["search", str(damaged), "stern"]))
     assert "version 1 is not supported (this leccr reads 2)" in line
-    assert f"leccr index {run.resolve()} {synthetic_corpus.resolve()} --split test --descriptions synthetic --out {damaged} --overwrite" in line
+    assert (
+        f"leccr index {run.resolve()} {synthetic_corpus.resolve()} --split test --descriptions synthetic --out "
+        f"{damaged} --overwrite"
+        in line
+    )
 
     # the run's model changes (trained on): the index is stale, and the rebuild command is given
     _, model = load_run(run)
@@ -335,18 +372,33 @@ def test_bad_index_folders_are_one_red_line(trained_run, synthetic_corpus, tmp_p
     model.save_pretrained(run / "model")
     line = single_error_line(runner.invoke(app, ["search", str(out), "stern"]))
     assert "is stale: the model of run" in line
-    assert f"leccr index {run.resolve()} {synthetic_corpus.resolve()} --split test --descriptions synthetic --out {out} --overwrite" in line
+    assert (
+        f"leccr index {run.resolve()} {synthetic_corpus.resolve()} --split test --descriptions synthetic --out {out} "
+        f"--overwrite"
+        in line
+    )
 
     # updating it with the changed model is refused; --overwrite rebuilds it
-    line = single_error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "test", "--out", str(out)]))
+    line = single_error_line(
+        runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "test", "--out", str(out)])
+    )
     assert "was built otherwise: the model" in line and "--overwrite" in line
-    assert runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "test", "--out", str(out), "--overwrite"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["index", str(run), str(synthetic_corpus), "--split", "test", "--out", str(out), "--overwrite"]
+        ).exit_code
+        == 0
+    )
     assert runner.invoke(app, ["search", str(out), "stern"]).exit_code == 0
 
     # another split, corpus setting or dtype than the index holds
-    line = single_error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "val", "--out", str(out)]))
+    line = single_error_line(
+        runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--split", "val", "--out", str(out)])
+    )
     assert "split (index: test, now: val)" in line
-    line = single_error_line(runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--out", str(tmp_path / "x")]))
+    line = single_error_line(
+        runner.invoke(app, ["index", str(run), str(synthetic_corpus), "--out", str(tmp_path / "x")])
+    )
     assert "has the splits train, val, test" in line and "--split" in line
 
 
@@ -375,7 +427,9 @@ def test_top_k_in_blocks_and_workers_equals_a_full_sort(test_index, monkeypatch)
     monkeypatch.setattr(search, "ROWS_PER_TASK", 4)
     monkeypatch.setattr(search, "EXACT_ROWS", 3)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # two workers taking tasks of 4 rows (0-3, 4-7, 8-11, 12-14), candidates scored 3 rows at a time
+    torch.set_num_threads(
+        2
+    )  # two workers taking tasks of 4 rows (0-3, 4-7, 8-11, 12-14), candidates scored 3 rows at a time
     try:
         scores, rows = search.top_k(searcher.model, queries, index, 6, fusion=0.7, memory_budget_mb=1e-5)
     finally:

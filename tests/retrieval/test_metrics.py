@@ -6,16 +6,28 @@ import torch
 from rich.console import Console
 
 from leccr_cli.errors import EvaluationError
+from leccr_cli.cli.report import metrics_table
 from leccr_cli.retrieval.metrics import (
     metrics_from_ranks,
-    metrics_table,
     minmax_fused_rows,
     recall_metrics,
     retrieval_ranks,
     retrieval_ranks_from_rows,
 )
 
-KEYS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "sumr", "i2t_medr", "i2t_meanr", "t2i_medr", "t2i_meanr"]
+KEYS = [
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "sumr",
+    "i2t_medr",
+    "i2t_meanr",
+    "t2i_medr",
+    "t2i_meanr",
+]
 
 
 # ------------------------------------------------------------------ brute-force reference
@@ -100,7 +112,9 @@ def test_images_with_any_number_of_captions_including_none():
     n_images = 25
     labels = torch.randint(0, n_images - 5, (90,), generator=generator).tolist()  # the last 5 have none
     scores = torch.randint(0, 6, (90, n_images), generator=generator).float()
-    _assert_same(recall_metrics(scores, labels, ks=(1, 5, 10, 20)), reference_metrics(scores, labels, ks=(1, 5, 10, 20)))
+    _assert_same(
+        recall_metrics(scores, labels, ks=(1, 5, 10, 20)), reference_metrics(scores, labels, ks=(1, 5, 10, 20))
+    )
     ranks = retrieval_ranks(scores, labels)
     assert ranks.i2t[-5:].tolist() == [0] * 5  # no caption: no i2t rank
     assert ranks.i2t[: n_images - 5].min() >= 1
@@ -112,10 +126,17 @@ def test_hand_made_3x3_without_ties():
     # i2t ranks: 1, 1, 2 (image 2's caption scores 0.4, below text 1's 0.7)
     assert recall_metrics(scores, [0, 1, 2]) == pytest.approx(
         {
-            "i2t_r1": 200 / 3, "i2t_r5": 100.0, "i2t_r10": 100.0,
-            "t2i_r1": 200 / 3, "t2i_r5": 100.0, "t2i_r10": 100.0,
+            "i2t_r1": 200 / 3,
+            "i2t_r5": 100.0,
+            "i2t_r10": 100.0,
+            "t2i_r1": 200 / 3,
+            "t2i_r5": 100.0,
+            "t2i_r10": 100.0,
             "sumr": 400 + 400 / 3,
-            "i2t_medr": 1.0, "i2t_meanr": 4 / 3, "t2i_medr": 1.0, "t2i_meanr": 5 / 3,
+            "i2t_medr": 1.0,
+            "i2t_meanr": 4 / 3,
+            "t2i_medr": 1.0,
+            "t2i_meanr": 5 / 3,
         }
     )
 
@@ -126,10 +147,17 @@ def test_hand_made_3x3_ties_count_against_the_ground_truth():
     # i2t ranks: 1 (0.5 beats 0.3, 0.2), 3 (0.3 is below 0.5 and 0.9), 1 (0.9 beats 0.1, 0.3)
     assert recall_metrics(scores, [0, 1, 2]) == pytest.approx(
         {
-            "i2t_r1": 200 / 3, "i2t_r5": 100.0, "i2t_r10": 100.0,
-            "t2i_r1": 0.0, "t2i_r5": 100.0, "t2i_r10": 100.0,
+            "i2t_r1": 200 / 3,
+            "i2t_r5": 100.0,
+            "i2t_r10": 100.0,
+            "t2i_r1": 0.0,
+            "t2i_r5": 100.0,
+            "t2i_r10": 100.0,
             "sumr": 400 + 200 / 3,
-            "i2t_medr": 1.0, "i2t_meanr": 5 / 3, "t2i_medr": 2.0, "t2i_meanr": 7 / 3,
+            "i2t_medr": 1.0,
+            "i2t_meanr": 5 / 3,
+            "t2i_medr": 2.0,
+            "t2i_meanr": 7 / 3,
         }
     )
 
@@ -141,10 +169,17 @@ def test_hand_made_3x3_two_captions_and_an_image_without_any():
     # i2t ranks: image 0's best caption (0.6) beats text 2 (0.4) -> 1; image 1 -> 1; image 2 left out
     assert recall_metrics(scores, [0, 0, 1]) == pytest.approx(
         {
-            "i2t_r1": 100.0, "i2t_r5": 100.0, "i2t_r10": 100.0,
-            "t2i_r1": 100 / 3, "t2i_r5": 100.0, "t2i_r10": 100.0,
+            "i2t_r1": 100.0,
+            "i2t_r5": 100.0,
+            "i2t_r10": 100.0,
+            "t2i_r1": 100 / 3,
+            "t2i_r5": 100.0,
+            "t2i_r10": 100.0,
             "sumr": 500 + 100 / 3,
-            "i2t_medr": 1.0, "i2t_meanr": 1.0, "t2i_medr": 2.0, "t2i_meanr": 2.0,
+            "i2t_medr": 1.0,
+            "i2t_meanr": 1.0,
+            "t2i_medr": 2.0,
+            "t2i_meanr": 2.0,
         }
     )
 
@@ -321,7 +356,10 @@ def test_shape_mismatch_names_both_shapes():
 
 
 def test_out_of_range_labels_are_named():
-    with pytest.raises(EvaluationError, match=r"2 image labels are out of range; the first is text 1 -> image 3.*3 image columns \(0-2\)"):
+    with pytest.raises(
+        EvaluationError,
+        match=r"2 image labels are out of range; the first is text 1 -> image 3.*3 image columns \(0-2\)",
+    ):
         recall_metrics(torch.zeros(3, 3), [0, 3, -1])
 
 

@@ -7,12 +7,21 @@ import pytest
 import torch
 
 import leccr_cli.retrieval.search as search
-from leccr_cli.prep.features.cache import StreamingSafetensors, tensor_bytes
+from leccr_cli.utils.safetensors_io import StreamingSafetensors, tensor_bytes
 from leccr_cli.errors import ModelError
-from leccr_cli.retrieval.index.builder import CODES_ALIGN, Index, IndexCodes, IndexInfo, ModelIdentity, write_codes
+from leccr_cli.retrieval.index.builder import write_codes
+from leccr_cli.retrieval.index.format import CODES_ALIGN, IndexInfo, ModelIdentity
+from leccr_cli.retrieval.index.reader import Index, IndexCodes
 from leccr_cli.model.factory import load_query_model
 from leccr_cli.model.leccr import ImageEmbeddings
-from leccr_cli.retrieval.prefilter import CODE_MAX, approximate_scores, error_bound, fused_error_bound, pad_queries, quantize
+from leccr_cli.retrieval.prefilter import (
+    CODE_MAX,
+    approximate_scores,
+    error_bound,
+    fused_error_bound,
+    pad_queries,
+    quantize,
+)
 
 
 def _unit(rows: torch.Tensor) -> torch.Tensor:
@@ -84,7 +93,9 @@ def test_the_bound_is_small_enough_to_prune():
     # a unit query against unit rows scores within ±1; the int8 rounding dominates the bound
     assert torch.all(bound < 0.025)
     first = approximate_scores(pad_queries(queries, 256), quantized.codes, quantized.scales)
-    assert (first.double() - (queries @ rows.float().T).double()).abs().max() < bound.min() / 3  # the bound is a worst case
+    assert (
+        first.double() - (queries @ rows.float().T).double()
+    ).abs().max() < bound.min() / 3  # the bound is a worst case
 
 
 # ---------------------------------------------------------------------------------- two-pass top-k
@@ -99,7 +110,9 @@ def _index(global_embeds, slot_embeds=None, slot_mask=None) -> Index:
     )  # fmt: skip
     ids = [f"img{i}" for i in range(count)]
     items = pa.table({"image_id": ids, "path": ids, "description": [""] * count})
-    return Index(None, info, items, global_embeds, slot_embeds, slot_mask, IndexCodes.of_embeddings(global_embeds, slot_embeds))
+    return Index(
+        None, info, items, global_embeds, slot_embeds, slot_mask, IndexCodes.of_embeddings(global_embeds, slot_embeds)
+    )
 
 
 def _expected(model, queries, index: Index, k: int, fusion):
@@ -132,7 +145,10 @@ def test_both_scans_find_what_scoring_every_row_at_once_finds(query_model, monke
     centres = _unit(torch.randn(25, dim, generator=generator))
     rows = _unit(centres[torch.arange(count) % 25] + 2e-3 * torch.randn(count, dim, generator=generator))
     rows[600:640] = rows[599]
-    slots = _unit(centres[torch.randint(0, 25, (count, 3), generator=generator)] + 0.1 * torch.randn(count, 3, dim, generator=generator))
+    slots = _unit(
+        centres[torch.randint(0, 25, (count, 3), generator=generator)]
+        + 0.1 * torch.randn(count, 3, dim, generator=generator)
+    )
     mask = torch.rand(count, 3, generator=generator) > 0.3
     mask[:, 0] |= torch.arange(count) != 17
     index = _index(rows.half(), slots.half(), mask)
@@ -216,7 +232,11 @@ def test_the_first_pass_leaves_few_rows_to_score_in_float32(query_model, monkeyp
     queries = _unit(torch.randn(3, 64, generator=generator))
     scored = []
     exact = search._exact
-    monkeypatch.setattr(search, "_exact", lambda model, q, index, rows, fusion: scored.append(len(rows)) or exact(model, q, index, rows, fusion))
+    monkeypatch.setattr(
+        search,
+        "_exact",
+        lambda model, q, index, rows, fusion: scored.append(len(rows)) or exact(model, q, index, rows, fusion),
+    )
     scores, found = search.top_k(query_model, queries, index, 10)
     _, expected = _expected(query_model, queries, index, 10, None)
     assert found.tolist() == expected
@@ -235,7 +255,11 @@ def _embeddings_file(path, rows: torch.Tensor):
 
 def test_the_codes_file_is_aligned_for_the_kernel_and_reads_back(tmp_path):
     rows = _unit(torch.randn(33, 40, generator=torch.Generator().manual_seed(2)))
-    write_codes(tmp_path / "codes.safetensors", _embeddings_file(tmp_path / "embeddings.safetensors", rows), [str(i) for i in range(33)])
+    write_codes(
+        tmp_path / "codes.safetensors",
+        _embeddings_file(tmp_path / "embeddings.safetensors", rows),
+        [str(i) for i in range(33)],
+    )
     raw = (tmp_path / "codes.safetensors").read_bytes()
     header_size = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + header_size])
@@ -244,7 +268,9 @@ def test_the_codes_file_is_aligned_for_the_kernel_and_reads_back(tmp_path):
     codes = IndexCodes.open(tmp_path / "codes.safetensors", info, "rebuild it")
     assert codes.global_rows.codes.data_ptr() % 16 == 0
     in_memory = quantize(rows.half())
-    assert torch.equal(codes.global_rows.codes, in_memory.codes) and torch.equal(codes.global_rows.scales, in_memory.scales)
+    assert torch.equal(codes.global_rows.codes, in_memory.codes) and torch.equal(
+        codes.global_rows.scales, in_memory.scales
+    )
     assert (codes.global_rows.max_norm, codes.global_rows.max_residual) == (in_memory.max_norm, in_memory.max_residual)
 
 

@@ -14,14 +14,17 @@ from typer.testing import CliRunner
 from leccr_cli.cli.main import app
 from leccr_cli.config import load_recipe, recipe_from_dict, recipe_to_dict
 from leccr_cli.corpus.corpus import Corpus
-from leccr_cli.data.datasets import ImageTransform, clean_caption, example_rng
+from leccr_cli.data.transforms import ImageTransform, example_rng
+from leccr_cli.utils.text import clean_caption
 from leccr_cli.corpus.importers.nrccr import import_nrccr
 from leccr_cli.errors import CorpusError, RecipeError
-from leccr_cli.retrieval.evaluate import encode_gallery, encode_texts, evaluate_languages, query_captions
+from leccr_cli.retrieval.encode import encode_gallery, encode_texts
+from leccr_cli.retrieval.evaluate import eval_options, evaluate_languages, query_captions
 from leccr_cli.retrieval.metrics import recall_metrics
 from leccr_cli.model.factory import build_model, load_model
 from leccr_cli.model.layers import CrossAttentionLayer
-from leccr_cli.training.pipeline import build_model_for, build_optimizer, training_data
+from leccr_cli.model.factory import build_model_for
+from leccr_cli.training.pipeline import build_optimizer, training_data
 from leccr_cli.runs.layout import create_run_dir
 from leccr_cli.testing import tiny_recipe
 from leccr_cli.training.trainer import train
@@ -66,7 +69,13 @@ def test_paper_recipes_carry_the_reference_settings(name):
     assert (model.text.name_or_path, model.text.max_tokens, model.text.description_max_tokens) == (
         "bert-base-multilingual-cased", 200, 200
     )
-    assert (model.num_slots, model.slot_layers, model.interaction_layers, model.heads, model.joint_dim) == (4, 3, 2, 8, 256)
+    assert (model.num_slots, model.slot_layers, model.interaction_layers, model.heads, model.joint_dim) == (
+        4,
+        3,
+        2,
+        8,
+        256,
+    )
     assert (model.mlp_ratio, model.dropout, model.slot_init, model.description_vision_dim) == (1, 0.1, "zeros", 512)
 
 
@@ -95,7 +104,10 @@ def test_new_keys_are_validated(tmp_path):
 def test_caption_cleaning_keeps_cjk_punctuation_in_ascii_mode():
     assert clean_caption("一只狗，在草地上。", strip_punctuation="ascii") == "一只狗，在草地上。"
     assert clean_caption("一只狗，在草地上。") == "一只狗 在草地上"  # unicode, the default
-    assert clean_caption("A dog's ball (red)! salt & pepper/x-y", strip_punctuation="ascii") == "a dog s ball red salt & pepper x y"
+    assert (
+        clean_caption("A dog's ball (red)! salt & pepper/x-y", strip_punctuation="ascii")
+        == "a dog s ball red salt & pepper x y"
+    )
     assert clean_caption("A «B»", strip_punctuation="none") == "a «b»"
 
 
@@ -152,8 +164,18 @@ def test_cross_attention_layer_with_the_reference_settings():
     assert sum(p.numel() for p in default.parameters()) == 12 * d * d + 11 * d
     assert not any(isinstance(m, torch.nn.Dropout) for m in default.modules())
     # the weights keep the names of models saved before these settings existed, which still load
-    names = {"attention.in_proj_weight", "attention.in_proj_bias", "attention.out_proj.weight", "attention.out_proj.bias",
-             "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "norm.weight", "norm.bias"}
+    names = {
+        "attention.in_proj_weight",
+        "attention.in_proj_bias",
+        "attention.out_proj.weight",
+        "attention.out_proj.bias",
+        "mlp.0.weight",
+        "mlp.0.bias",
+        "mlp.2.weight",
+        "mlp.2.bias",
+        "norm.weight",
+        "norm.bias",
+    }
     assert set(default.state_dict()) == set(layer.state_dict()) == names
 
     small = CrossAttentionLayer(16, 4, mlp_ratio=1, dropout=0.1).eval()
@@ -173,8 +195,15 @@ def paper_model_recipe(tiny_clip_dir, tiny_bert_dir, tmp_path_factory):
         "model": {
             "vision": {"name_or_path": str(tiny_clip_dir), "image_size": 32},
             "text": {"name_or_path": str(tiny_bert_dir), "max_tokens": 32, "description_max_tokens": 64},
-            "joint_dim": 16, "num_slots": 2, "slot_layers": 1, "interaction_layers": 1, "heads": 4,
-            "mlp_ratio": 1, "dropout": 0.1, "slot_init": "zeros", "description_vision_dim": 24,
+            "joint_dim": 16,
+            "num_slots": 2,
+            "slot_layers": 1,
+            "interaction_layers": 1,
+            "heads": 4,
+            "mlp_ratio": 1,
+            "dropout": 0.1,
+            "slot_init": "zeros",
+            "description_vision_dim": 24,
         },
         "optim": {"no_decay": "names", "betas": [0.9, 0.98], "eps": 1e-6},
     }
@@ -193,7 +222,13 @@ def test_weight_decay_by_name_skips_exactly_the_biases_and_norms(paper_model_rec
     assert no_decay == {n for n in names.values() if "bias" in n.lower() or "norm" in n.lower()}
     assert decay | no_decay == set(names.values()) and not decay & no_decay
     # HF CLIP's LayerNorms (pre_layrnorm, layer_norm1/2, post_layernorm), BERT's LayerNorm, our cross-attention norm
-    for part in ("pre_layrnorm.weight", "layer_norm1.weight", "post_layernorm.weight", "LayerNorm.weight", ".norm.weight"):
+    for part in (
+        "pre_layrnorm.weight",
+        "layer_norm1.weight",
+        "post_layernorm.weight",
+        "LayerNorm.weight",
+        ".norm.weight",
+    ):
         assert any(part in n for n in no_decay), part
     # decayed as in the reference: the temperature, the slot queries, the position and class embeddings
     for part in ("temperature", "slot_queries", "position_embedding.weight", "class_embedding"):
@@ -242,7 +277,9 @@ def coco_corpus(tmp_path_factory) -> Path:
     out = root / "corpus"
     import_nrccr(root, out, images_dir=images)
     corpus = Corpus.open(out)
-    corpus.write_descriptions("desc", [{"image_id": i, "text": f"an image {i}", "model": "m", "prompt": "p"} for i in ids])
+    corpus.write_descriptions(
+        "desc", [{"image_id": i, "text": f"an image {i}", "model": "m", "prompt": "p"} for i in ids]
+    )
     return out
 
 
@@ -256,9 +293,11 @@ def coco_model(coco_corpus):
 
 def _expected(model, corpus, recipe, lang, gallery_ids, fusion=None):
     """Recall metrics of the whole split's score matrix restricted to the columns of `gallery_ids`."""
-    ids, gallery = encode_gallery(model, corpus, "test", recipe)
+    ids, gallery = encode_gallery(
+        model, corpus, "test", descriptions=recipe.data.descriptions, batch_size=recipe.eval.batch_size
+    )
     texts, owners = query_captions(corpus, "test", lang)
-    full = model.score(encode_texts(model, texts, recipe), gallery, fusion=fusion)
+    full = model.score(encode_texts(model, texts, batch_size=recipe.eval.batch_size), gallery, fusion=fusion)
     restricted = full[:, [ids.index(i) for i in gallery_ids]]
     return recall_metrics(restricted, [gallery_ids.index(o) for o in owners])
 
@@ -269,16 +308,22 @@ def test_each_language_is_ranked_against_its_own_gallery(coco_corpus, coco_model
     corpus = Corpus.open(coco_corpus)
     everything = corpus.image_ids("test")
     assert everything == ["j1", "j2", "s1", "z1", "z2", "z3"]
-    own = evaluate_languages(model, corpus, "test", ["ja", "zh"], recipe, fusion=fusion)
-    merged = evaluate_languages(model, corpus, "test", ["ja", "zh"], recipe, fusion=fusion, gallery="all")
+    own = evaluate_languages(model, corpus, "test", ["ja", "zh"], **{**eval_options(recipe), "fusion": fusion})
+    merged = evaluate_languages(
+        model, corpus, "test", ["ja", "zh"], **{**eval_options(recipe), "fusion": fusion, "gallery": "all"}
+    )
     for lang, images in (("ja", list(JA_TEST)), ("zh", ["s1", "z1", "z2", "z3"])):
         queries = len(images)
         assert own[lang] == {
-            **_expected(model, corpus, recipe, lang, images, fusion), "gallery": "language", "gallery_size": len(images),
+            **_expected(model, corpus, recipe, lang, images, fusion),
+            "gallery": "language",
+            "gallery_size": len(images),
             "queries": queries,
         }
         assert merged[lang] == {
-            **_expected(model, corpus, recipe, lang, everything, fusion), "gallery": "all", "gallery_size": 6,
+            **_expected(model, corpus, recipe, lang, everything, fusion),
+            "gallery": "all",
+            "gallery_size": 6,
             "queries": queries,
         }
 
@@ -306,8 +351,11 @@ def test_evaluate_command_galleries_and_missing_languages(coco_corpus, coco_mode
         expected = _expected(loaded, corpus, recipe, lang, images)
         assert {k: record[k] for k in expected} == pytest.approx(expected)
     for args, message in (
-        (["--split", "val", "--lang", "zh"], "has no human zh captions in split 'val', so no zh queries and no zh gallery "
-         "(languages with captions there: ja)"),
+        (
+            ["--split", "val", "--lang", "zh"],
+            "has no human zh captions in split 'val', so no zh queries and no zh gallery "
+            "(languages with captions there: ja)",
+        ),
         (["--gallery", "mine"], "--gallery mine: expected one of language, all"),
     ):
         result = runner.invoke(app, ["evaluate", str(run), *args])
@@ -340,18 +388,22 @@ def test_a_paper_recipe_trains_with_its_settings(synthetic_corpus, tiny_clip_dir
     ]
     recipe = load_recipe(RECIPES / "multi30k-cs.yaml", overrides)
     corpus = Corpus.open(synthetic_corpus)
-    data = training_data(recipe, corpus, build_model_for(recipe, corpus), rebuild_from="recipe")
+    data = training_data(recipe, corpus, build_model_for(recipe, corpus))
     transform = data.dataset.visual.transform
     assert (transform.train, transform.flip) == (True, True) and data.dataset.cleaning.strip_punctuation == "ascii"
     result = train(recipe, tmp_path / "run")
     model = load_model(tmp_path / "run" / "model")
     config = model.config
     assert (config.mlp_ratio, config.dropout, config.slot_init, config.description_vision_dim) == (1, 0.1, "zeros", 512)
-    assert model.slot_generator.layers[0].attention.dropout == 0.1 and model.description_vision_slot_head.out_features == 512
+    assert (
+        model.slot_generator.layers[0].attention.dropout == 0.1
+        and model.description_vision_slot_head.out_features == 512
+    )
     assert result.steps == 2 and list(result.test) == ["cs"]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {(r["split"], r["lang"], r["gallery"], r["gallery_size"]) for r in records} == {
-        ("val", "cs", "language", 15), ("test", "cs", "language", 15)
+        ("val", "cs", "language", 15),
+        ("test", "cs", "language", 15),
     }
     record = json.loads((tmp_path / "run" / "eval" / "cs-test.json").read_text())
     assert (record["gallery"], record["gallery_size"], record["queries"]) == ("language", 15, 15)

@@ -23,7 +23,7 @@ from leccr_cli.cli.main import app
 from leccr_cli.config import recipe_from_dict
 from leccr_cli.errors import RunError
 from leccr_cli.model.leccr import LeccrModel
-from leccr_cli.testing import tiny_recipe
+from leccr_cli.testing import command_line_error, tiny_recipe
 from leccr_cli.training.trainer import train
 
 runner = CliRunner()
@@ -31,7 +31,10 @@ runner = CliRunner()
 
 def _raw(corpus, **optim) -> dict:
     return tiny_recipe(
-        corpus, optim={"max_steps": 4, "batch_size": 16, **optim}, eval={"every_steps": 2}, train={"checkpoint_every_steps": 2}
+        corpus,
+        optim={"max_steps": 4, "batch_size": 16, **optim},
+        eval={"every_steps": 2},
+        train={"checkpoint_every_steps": 2},
     )
 
 
@@ -77,7 +80,13 @@ class Planted:
 def test_a_checkpoint_holds_no_pickle_and_the_logs_are_strict_json(checkpointed):
     for step in ("step_2", "step_4"):
         names = sorted(p.name for p in (checkpointed / "checkpoints" / step).iterdir())
-        assert names == ["loop_state.json", "model.safetensors", "optimizer.bin", "rng_state_0.safetensors", "scheduler.bin"]
+        assert names == [
+            "loop_state.json",
+            "model.safetensors",
+            "optimizer.bin",
+            "rng_state_0.safetensors",
+            "scheduler.bin",
+        ]
     state = json.loads((checkpointed / "checkpoints" / "step_4" / LOOP_STATE_FILE).read_text())
     assert (state["global_step"], state["processes"]) == (4, 1)
     for log in ("train_log.jsonl", "metrics.jsonl"):
@@ -101,7 +110,7 @@ def test_a_planted_pickle_is_never_loaded(checkpointed, synthetic_corpus, tmp_pa
     with pytest.raises(RunError) as caught:
         train(recipe_from_dict(_raw(synthetic_corpus)), run, resume="latest")
     assert not marker.exists()
-    message = str(caught.value)
+    message = command_line_error(caught.value, "train")
     assert f"checkpoint {run / 'checkpoints' / 'step_4'}: " in message and plant in message
     assert f"resume from the older checkpoint: --resume {run / 'checkpoints' / 'step_2'}" in message
 
@@ -132,14 +141,18 @@ def test_a_damaged_checkpoint_is_named_with_the_older_ones(checkpointed, synthet
     line = _one_line(result)
     assert expected in line and f"--resume {run / 'checkpoints' / 'step_2'}" in line, line
     # the older checkpoint still resumes
-    result = runner.invoke(app, ["train", str(recipe), "--output", str(run), "--resume", str(run / "checkpoints" / "step_2")])
+    result = runner.invoke(
+        app, ["train", str(recipe), "--output", str(run), "--resume", str(run / "checkpoints" / "step_2")]
+    )
     assert result.exit_code == 0, result.output
 
 
 def test_nan_in_a_recipe_is_refused(synthetic_corpus, tmp_path):
     recipe = _recipe_file(tmp_path, _raw(synthetic_corpus))
     for value in (".nan", ".inf", "-.inf"):
-        result = runner.invoke(app, ["train", str(recipe), "--set", f"optim.lr={value}", "--output", str(tmp_path / "run")])
+        result = runner.invoke(
+            app, ["train", str(recipe), "--set", f"optim.lr={value}", "--output", str(tmp_path / "run")]
+        )
         assert result.exit_code == 2
         assert "optim.lr: got" in _one_line(result) and "expected a finite number" in result.output
     raw = _raw(synthetic_corpus)
@@ -197,7 +210,11 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on(synthetic_corpus, tmp_path, m
     result = runner.invoke(app, ["train", str(recipe), "--output", str(run), "--set", "seed=0"])
     assert result.exit_code == 130
     said = " ".join(result.output.split())
-    assert f"interrupted: {run} keeps step_2 and its logs; continue with `leccr train {recipe} --output {run} --set seed=0 --resume latest`" in said
+    assert (
+        f"interrupted: {run} keeps step_2 and its logs; continue with `leccr train {recipe} --output {run} --set "
+        f"seed=0 --resume latest`"
+        in said
+    )
     monkeypatch.undo()
     resumed = runner.invoke(app, ["train", str(recipe), "--output", str(run), "--set", "seed=0", "--resume", "latest"])
     assert resumed.exit_code == 0, resumed.output
@@ -205,7 +222,9 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on(synthetic_corpus, tmp_path, m
     _diverge_at(monkeypatch, 1, KeyboardInterrupt())
     result = runner.invoke(app, ["train", str(recipe), "--output", str(tmp_path / "early")])
     assert result.exit_code == 130
-    assert f"stopped before the first checkpoint: nothing to resume, so {tmp_path / 'early'} is removed" in " ".join(result.output.split())
+    assert f"stopped before the first checkpoint: nothing to resume, so {tmp_path / 'early'} is removed" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "early").exists()
 
 
@@ -234,14 +253,22 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_older_ones(synthetic_corpus, tmp_
     assert runner.invoke(app, ["train", str(recipe), "--output", str(run), "--resume", "latest"]).exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_second_train_into_one_folder_is_refused(synthetic_corpus, tmp_path):
     """A live run holds its folder: a second `leccr train` (also with --overwrite) is refused naming it; once it
     is killed before its first checkpoint, both the next try and --resume say to start again with --overwrite."""
-    raw = tiny_recipe(synthetic_corpus, optim={"max_steps": 5000}, eval={"every_steps": 5000}, train={"log_every_steps": 1})
+    raw = tiny_recipe(
+        synthetic_corpus, optim={"max_steps": 5000}, eval={"every_steps": 5000}, train={"log_every_steps": 1}
+    )
     recipe = _recipe_file(tmp_path, raw)
     run = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "leccr_cli", "train", str(recipe), "--output", str(run)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "leccr_cli", "train", str(recipe), "--output", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         deadline = time.time() + 240
         while not (run / "train_log.jsonl").is_file():  # it is training
@@ -257,7 +284,9 @@ def test_a_second_train_into_one_folder_is_refused(synthetic_corpus, tmp_path):
         first.send_signal(signal.SIGKILL)
         first.wait()
     result = runner.invoke(app, ["train", str(recipe), "--output", str(run)])
-    assert result.exit_code == 2 and "stopped before its first checkpoint: there is nothing to resume" in _one_line(result)
+    assert result.exit_code == 2 and "stopped before its first checkpoint: there is nothing to resume" in _one_line(
+        result
+    )
     assert "pass --overwrite to start it again" in result.output
     result = runner.invoke(app, ["train", str(recipe), "--output", str(run), "--resume", "latest"])
     assert result.exit_code == 2 and f"--output {run} --overwrite" in _one_line(result)
@@ -267,17 +296,25 @@ def test_every_switch_off_trains_exactly_like_the_baseline(synthetic_corpus):
     """With variant leccr and all six switches off, the model (from-scratch tokenizer included) and its
     training loss are the baseline's."""
     from leccr_cli.corpus.corpus import Corpus
-    from leccr_cli.training.pipeline import build_model_for, training_data
+    from leccr_cli.model.factory import build_model_for
+    from leccr_cli.training.pipeline import training_data
 
     corpus = Corpus.open(synthetic_corpus)
-    switches = ("slots", "interaction", "multi_level_matching", "english_guidance", "description_vision", "slot_diversity")
+    switches = (
+        "slots",
+        "interaction",
+        "multi_level_matching",
+        "english_guidance",
+        "description_vision",
+        "slot_diversity",
+    )
     losses, states, vocabularies = [], [], []
     for changes in ({"variant": "baseline"}, {switch: False for switch in switches}):
         raw = tiny_recipe(synthetic_corpus)
         raw["model"] = {**raw["model"], **changes}
         recipe = recipe_from_dict(raw)
         model = build_model_for(recipe, corpus)
-        data = training_data(recipe, corpus, model, rebuild_from="r.yaml")
+        data = training_data(recipe, corpus, model)
         batch = data.collate([data.dataset[i] for i in range(16)])
         losses.append(model(batch, recipe.loss).loss)
         states.append(model.state_dict())

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from leccr_cli.cli.main import app
 from leccr_cli.corpus.corpus import Caption, Corpus, ImageRow, write_corpus
 from leccr_cli.errors import LeccrError
-from leccr_cli.utils.fs import LOCK_FILE, FolderBusy, clean_stale, journal_path, recover, replace_directory, writer_lock
+from leccr_cli.errors import FolderBusy
+from leccr_cli.utils.fs import LOCK_FILE, clean_stale, journal_path, recover, replace_directory, writer_lock
 from leccr_cli.testing import writer_lock_holder
 
 runner = CliRunner()
@@ -144,6 +145,7 @@ KILLER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("renames", [2, 4])
 def test_sigkill_between_the_renames_then_the_next_command_recovers(base, tmp_path, renames):
     """SIGKILL after the old captions moved aside, so that captions/ is missing (rename 2 after the journal's),
@@ -166,6 +168,7 @@ def test_sigkill_between_the_renames_then_the_next_command_recovers(base, tmp_pa
     assert _hidden(folder) == []
 
 
+@pytest.mark.slow
 def test_replace_directory_moves_the_lock_file_along(tmp_path):
     target = tmp_path / "target"
     with writer_lock(target):
@@ -177,8 +180,13 @@ def test_replace_directory_moves_the_lock_file_along(tmp_path):
         assert (target / "a").read_text() == "new"
         # the held lock is the file now in the new folder: another process is still refused
         probe = subprocess.run(
-            [sys.executable, "-c", f"from leccr_cli.utils.fs import writer_lock\nwith writer_lock({str(target)!r}): pass"],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-c",
+                f"from leccr_cli.utils.fs import writer_lock\nwith writer_lock({str(target)!r}): pass",
+            ],
+            capture_output=True,
+            text=True,
         )
         assert probe.returncode == 1 and "FolderBusy" in probe.stderr and "is being written by" in probe.stderr
 
@@ -196,6 +204,7 @@ def test_recover_rolls_a_dead_writers_replacement_forward(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part"]
 
 
+@pytest.mark.slow
 def test_the_writer_lock_names_the_holder_and_cleans_stale_temporaries(tmp_path):
     folder = tmp_path / "corpus"
     holder = writer_lock_holder(folder, ["translate", "x", "--to", "de"])
@@ -206,7 +215,9 @@ def test_the_writer_lock_names_the_holder_and_cleans_stale_temporaries(tmp_path)
         (folder / ".captions.old-89abcdef").mkdir()
         (folder / ".corpus.json.partial-00000000").write_text("{")
         (folder / ".translate-partial" / "job").mkdir(parents=True)  # resumable work: kept
-        with pytest.raises(FolderBusy, match=rf"is being written by `leccr translate x --to de` \(pid {holder.pid} on .*started"):
+        with pytest.raises(
+            FolderBusy, match=rf"is being written by `leccr translate x --to de` \(pid {holder.pid} on .*started"
+        ):
             with writer_lock(folder):
                 pass
         # readers are not blocked, and nothing is cleaned while the writer lives
@@ -235,13 +246,16 @@ def test_clean_stale_keeps_a_live_journal_target(tmp_path):
     assert (target / "x").read_text() == "new" and _hidden(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_a_corpus_is_refused_and_readers_go_on(base, tmp_path):
     folder = shutil.copytree(base, tmp_path / "corpus")
     holder = writer_lock_holder(folder, ["caption", str(folder)])
     try:
         assert holder.stdout.readline().strip() == "locked"
         (tmp_path / "d.tsv").write_text("i0\tsomething\n")
-        result = runner.invoke(app, ["data", "import-descriptions", str(folder), str(tmp_path / "d.tsv"), "--name", "x"])
+        result = runner.invoke(
+            app, ["data", "import-descriptions", str(folder), str(tmp_path / "d.tsv"), "--name", "x"]
+        )
         assert result.exit_code == 2
         assert f"is being written by `leccr caption {folder}` (pid {holder.pid}" in " ".join(result.output.split())
         info = runner.invoke(app, ["data", "info", str(folder)])
@@ -255,11 +269,19 @@ def test_a_second_writer_of_a_corpus_is_refused_and_readers_go_on(base, tmp_path
 
 def test_a_failed_import_leaves_no_folder(tmp_path):
     with pytest.raises(LeccrError):
-        write_corpus(tmp_path / "out", name="x", modality="image", media_root=".", images=IMAGES,
-                     captions=OLD, fill=lambda folder: (_ for _ in ()).throw(LeccrError("broken fill")))
+        write_corpus(
+            tmp_path / "out",
+            name="x",
+            modality="image",
+            media_root=".",
+            images=IMAGES,
+            captions=OLD,
+            fill=lambda folder: (_ for _ in ()).throw(LeccrError("broken fill")),
+        )
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_readers_wait_for_a_live_replacement(base, tmp_path):
     """A reader that finds the journal of a live writer waits for its renames instead of reading a gap."""
     import fcntl
@@ -269,13 +291,20 @@ def test_readers_wait_for_a_live_replacement(base, tmp_path):
     new = shutil.copytree(target, folder / ".captions.partial-eeeeeeee")
     journal = journal_path(target)
     fd = os.open(journal, os.O_RDWR | os.O_CREAT)
-    os.write(fd, json.dumps({"moves": [{"target": "captions", "new": new.name, "old": ".captions.old-ffffffff"}]}).encode())
+    os.write(
+        fd, json.dumps({"moves": [{"target": "captions", "new": new.name, "old": ".captions.old-ffffffff"}]}).encode()
+    )
     fcntl.flock(fd, fcntl.LOCK_EX)
     os.replace(target, folder / ".captions.old-ffffffff")
     reader = subprocess.Popen(
-        [sys.executable, "-c", f"import os\nfrom leccr_cli.utils.fs import recover\nprint('reading', flush=True)\n"
-         f"recover({str(target)!r})\nprint(sorted(os.listdir({str(target)!r})))"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import os\nfrom leccr_cli.utils.fs import recover\nprint('reading', flush=True)\n"
+            f"recover({str(target)!r})\nprint(sorted(os.listdir({str(target)!r})))",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert reader.stdout.readline().strip() == "reading"
     time.sleep(0.5)

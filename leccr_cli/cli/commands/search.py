@@ -6,33 +6,48 @@ from pathlib import Path
 
 import typer
 
+from leccr_cli.cli.options import fusion_option
+from leccr_cli.defaults import SEARCH_MEMORY_BUDGET_MB, TOP_K
+
 
 def search_command(
     index: Path = typer.Argument(..., metavar="INDEX", help="Index folder written by `leccr index`."),
     query: str | None = typer.Argument(None, metavar="QUERY", help="What the images should show, in any language."),
-    k: int = typer.Option(10, "-k", "--top-k", min=1, help="Results per query (at most the index size)."),
-    fusion: float | None = typer.Option(
-        None, "--fusion", min=0.0, max=1.0, metavar="ALPHA", help="Score alpha * global + (1 - alpha) * best slot score."
-    ),
+    k: int = typer.Option(TOP_K, "-k", "--top-k", min=1, help="Results per query (at most the index size)."),
+    fusion: float | None = fusion_option(),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
     queries: Path | None = typer.Option(
-        None, "--queries", metavar="FILE", help="Answer every line of FILE (one query per line; blank lines skipped) as JSON lines."
+        None,
+        "--queries",
+        metavar="FILE",
+        help="Answer every line of FILE (one query per line; blank lines skipped) as JSON lines.",
     ),
     device: str = typer.Option(
-        "cpu", "--device", help="Where queries are embedded: cpu, cuda or cuda:N (scoring runs on the CPU over the memory-mapped index)."
+        "cpu",
+        "--device",
+        help="Where queries are embedded: cpu, cuda or cuda:N (scoring runs on the CPU over the memory-mapped index).",
     ),
-    memory_budget: int = typer.Option(256, "--memory-budget", min=16, metavar="MB", help="Memory for the first-pass scores of one block of rows."),
+    memory_budget: int = typer.Option(
+        SEARCH_MEMORY_BUDGET_MB,
+        "--memory-budget",
+        min=16,
+        metavar="MB",
+        help="Memory for the first-pass scores of one block of rows.",
+    ),
 ) -> None:
     """The exact top-k images of an index for a query, in any language the model was trained for.
 
-    Loads the run's text encoder and tokenizer only, and memory-maps the index. Exact in two passes: every row's int8 codes, then float32 scores for the rows that can still be among the best k. Prints a table (rank, score, image id, path), or JSON with --json. --queries FILE answers many queries at once, one JSON object per line on stdout (line, query, results). An index whose model changed since it was built is refused with the command that rebuilds it.
+    Loads the run's text encoder and tokenizer only, and memory-maps the index. Exact in two passes: every row's int8
+    codes, then float32 scores for the rows that can still be among the best k. Prints a table (rank, score, image id,
+    path), or JSON with --json. --queries FILE answers many queries at once, one JSON object per line on stdout (line,
+    query, results). An index whose model changed since it was built is refused with the command that rebuilds it.
     """
     import json
 
     from rich.markup import escape
     from rich.table import Table
 
-    from leccr_cli.utils.console import console, err_console
+    from leccr_cli.cli.report import console, err_console
     from leccr_cli.utils.devices import check_device
     from leccr_cli.errors import LeccrError
     from leccr_cli.retrieval.search import Searcher
@@ -57,7 +72,10 @@ def search_command(
             soft_wrap=True,
         )
     if notes.clamped_from is not None:
-        err_console.print(f"[yellow]note:[/] -k {notes.clamped_from} is more than the {len(searcher.index)} images of the index; all are shown")
+        err_console.print(
+            f"[yellow]note:[/] -k {notes.clamped_from} is more than the {len(searcher.index)} images of the index; all "
+            f"are shown"
+        )
 
     def record(hits) -> list[dict]:
         return [{"rank": h.rank, "score": round(h.score, 6), "image_id": h.image_id, "path": h.path} for h in hits]
@@ -67,7 +85,11 @@ def search_command(
             typer.echo(json.dumps({"line": line, "query": text, "results": record(hits)}, ensure_ascii=False))
         return
     if json_output:
-        typer.echo(json.dumps({"query": query, "index": str(index), "results": record(results[0])}, ensure_ascii=False, indent=2))
+        typer.echo(
+            json.dumps(
+                {"query": query, "index": str(index), "results": record(results[0])}, ensure_ascii=False, indent=2
+            )
+        )
         return
     mode = f", fusion {fusion:g}" if fusion is not None else ""
     table = Table(title=f"{escape(query)!r}: top {notes.k} of {len(searcher.index)} ({escape(str(index))}{mode})")
@@ -80,7 +102,7 @@ def search_command(
 
 def _read_queries(path: Path) -> tuple[list[str], list[int]]:
     """The non-blank lines of a UTF-8 file and their line numbers."""
-    from leccr_cli.corpus.importers.common import numbered_lines
+    from leccr_cli.utils.text import numbered_lines
     from leccr_cli.errors import LeccrError
 
     rows = numbered_lines(path)

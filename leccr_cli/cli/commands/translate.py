@@ -7,13 +7,21 @@ from pathlib import Path
 import typer
 
 from leccr_cli.cli.options import Dtype, Overwrite, Splits
+from leccr_cli.defaults import (
+    ENGINES,
+    NUM_BEAMS,
+    SOURCE_LANG,
+    TRANSLATE_BATCH_SIZE,
+    TRANSLATE_MAX_TOKENS,
+    TRANSLATE_SPLIT,
+)
 
 
 def translate_command(
     ctx: typer.Context,
     corpus_path: Path = typer.Argument(..., metavar="CORPUS", help="Corpus folder."),
-    to: str = typer.Option(..., "--to", help="Target languages, comma-separated ISO codes (e.g. de,fr,cs)."),
-    engine: str = typer.Option("marian", "--engine", help="marian, nllb, m2m100 or auto (any seq2seq model)."),
+    targets: str = typer.Option(..., "--to", help="Target languages, comma-separated ISO codes (e.g. de,fr,cs)."),
+    engine: str = typer.Option(ENGINES[0], "--engine", help="marian, nllb, m2m100 or auto (any seq2seq model)."),
     model: str | None = typer.Option(
         None,
         "--model",
@@ -21,47 +29,57 @@ def translate_command(
         "(default: marian Helsinki-NLP/opus-mt-{src}-{tgt}, nllb facebook/nllb-200-distilled-600M, "
         "m2m100 facebook/m2m100_418M).",
     ),
-    source_lang: str = typer.Option("en", "--from", help="Language of the captions to translate."),
-    split: Splits = None,
+    source_lang: str = typer.Option(SOURCE_LANG, "--from", help="Language of the captions to translate."),
+    splits: Splits = None,
     descriptions: str | None = typer.Option(
-        None, "--descriptions",
+        None,
+        "--descriptions",
         help="Translate descriptions/NAME/ into descriptions/NAME-<lang>/ instead of captions.",
     ),
     back: bool = typer.Option(False, "--back", help="Also translate the translations back (origin: back)."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per batch (per process)."),
+    batch_size: int = typer.Option(TRANSLATE_BATCH_SIZE, "--batch-size", min=1, help="Texts per batch (per process)."),
     max_tokens: int = typer.Option(
-        256, "--max-tokens", min=4,
+        TRANSLATE_MAX_TOKENS,
+        "--max-tokens",
+        min=4,
         help="Source tokens kept per text (longer ones are truncated) and most tokens generated.",
     ),
-    num_beams: int = typer.Option(1, "--num-beams", min=1, help="Beam width (1: greedy)."),
+    num_beams: int = typer.Option(NUM_BEAMS, "--num-beams", min=1, help="Beam width (1: greedy)."),
     dtype: Dtype = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Translate English captions into pseudo-parallel target-language captions (origin: mt).
 
-    --split defaults to train (with --descriptions: every split). --overwrite replaces earlier translations of the same split, target and origin (and discards unfinished work made with other settings). Resumable: a rerun skips what is done and finishes the rest. Several GPUs: `accelerate launch -m leccr_cli translate ...`.
+    --split defaults to train (with --descriptions: every split). --overwrite replaces earlier translations of the
+    same split, target and origin (and discards unfinished work made with other settings). Resumable: a rerun skips
+    what is done and finishes the rest. Several GPUs: `accelerate launch -m leccr_cli translate ...`.
     """
-    from leccr_cli.cli.commands import rerun_command, says_when_interrupted
-    from leccr_cli.utils.console import is_main_process
+    from leccr_cli.cli.errors import rerun_command, says_when_interrupted
+    from leccr_cli.cli.report import err_console, is_main_process
     from leccr_cli.corpus.corpus import Corpus
+    from leccr_cli.prep.translate.engines import TranslationOptions, make_engine
+    from leccr_cli.prep.translate.jobs import PARTIAL_FOLDER, translate_corpus
     from leccr_cli.utils.languages import check_language, parse_language_list
-    from leccr_cli.prep.translate.engines import PARTIAL_FOLDER, TranslationOptions, make_engine, translate_corpus
 
-    targets = parse_language_list(to)
+    languages = parse_language_list(targets)
     check_language(source_lang)
-    splits = Corpus.open(corpus_path).resolve_splits(split, default=["train"] if descriptions is None else None)
+    chosen = Corpus.open(corpus_path).resolve_splits(
+        splits, default=[TRANSLATE_SPLIT] if descriptions is None else None
+    )
     options = TranslationOptions(batch_size=batch_size, max_tokens=max_tokens, num_beams=num_beams, dtype=dtype)
-    kept = f"finished shards are kept in {corpus_path / PARTIAL_FOLDER} (finished jobs are in the corpus); `{rerun_command(ctx)}` translates the rest"
+    kept = (f"finished shards are kept in {corpus_path / PARTIAL_FOLDER} (finished jobs are in the corpus); "
+        f"`{rerun_command(ctx)}` translates the rest")
     with says_when_interrupted(kept):
         reports = translate_corpus(
             corpus_path,
-            targets,
+            languages,
             make_engine(engine, model, options),
             source_lang=source_lang,
-            splits=splits,
+            splits=chosen,
             back=back,
             descriptions=descriptions,
             overwrite=overwrite,
+            console=err_console,
         )
     if is_main_process():
         _print_summary(corpus_path, reports)
@@ -70,7 +88,7 @@ def translate_command(
 def _print_summary(corpus_path: Path, reports) -> None:
     from rich.table import Table
 
-    from leccr_cli.utils.console import console
+    from leccr_cli.cli.report import console
 
     table = Table(title=f"Translations in {corpus_path}")
     columns = ("job", "sources", "done before", "translated", "resumed", "duplicates", "written", "sent/s")
@@ -78,8 +96,14 @@ def _print_summary(corpus_path: Path, reports) -> None:
         table.add_column(column, justify="left" if column == "job" else "right")
     for r in reports:
         table.add_row(
-            _job_name(r), str(r.sources), str(r.already_done), str(r.translated), str(r.resumed),
-            str(r.duplicates), str(r.written), f"{r.sentences_per_second:.1f}",
+            _job_name(r),
+            str(r.sources),
+            str(r.already_done),
+            str(r.translated),
+            str(r.resumed),
+            str(r.duplicates),
+            str(r.written),
+            f"{r.sentences_per_second:.1f}",
         )
     console.print(table)
     console.print("Models: " + ", ".join(dict.fromkeys(r.model for r in reports)))

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leccr_cli.corpus.corpus import Corpus, read_description_table
-from leccr_cli.corpus.importers.common import first_few, numbered_lines, read_text
-from leccr_cli.errors import CorpusError
+from leccr_cli.defaults import IMPORTED
+from leccr_cli.errors import CorpusError, InvalidArgument, Param, parts
+from leccr_cli.utils.text import first_few, numbered_lines, read_text
 
-DEFAULT_MODEL = "imported"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TSV_HEADERS = ({"id", "text"}, {"image_id", "text"})
 
@@ -41,7 +41,9 @@ class DescriptionImport:
 def check_description_name(name: str) -> str:
     """A description source name is a plain folder name."""
     if not _PLAIN_NAME.fullmatch(name or ""):
-        raise CorpusError(f"description source name {name!r} is not a plain folder name", "use letters, digits, '.', '_' and '-'")
+        raise CorpusError(
+            f"description source name {name!r} is not a plain folder name", "use letters, digits, '.', '_' and '-'"
+        )
     return name
 
 
@@ -54,7 +56,9 @@ def read_descriptions(source: str | Path) -> dict[str, str]:
     if source.is_dir():
         return _read_folder(source)
     if not source.is_file():
-        raise CorpusError(f"{source}: no such file or folder", "give a folder of <id>.txt files, a .jsonl or a .tsv file")
+        raise CorpusError(
+            f"{source}: no such file or folder", "give a folder of <id>.txt files, a .jsonl or a .tsv file"
+        )
     suffix = source.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(source)
@@ -62,7 +66,8 @@ def read_descriptions(source: str | Path) -> dict[str, str]:
         return _read_tsv(source)
     raise CorpusError(
         f"{source}: cannot tell the format from the suffix {suffix or '(none)'!r}",
-        "name it .jsonl ({\"id\": ..., \"text\": ...} per line) or .tsv (id<TAB>text per line), or give a folder of <id>.txt",
+        'name it .jsonl ({"id": ..., "text": ...} per line) or .tsv (id<TAB>text per line), or give a folder of '
+        '<id>.txt',
     )
 
 
@@ -85,7 +90,8 @@ def _read_folder(folder: Path) -> dict[str, str]:
     empty = [image_id for image_id, text in found.items() if not text]
     if empty:
         raise CorpusError(
-            f"{folder}: {len(empty)} description file{'s are' if len(empty) > 1 else ' is'} empty (first: {first_few([i + '.txt' for i in empty])})",
+            f"{folder}: {len(empty)} description file{'s are' if len(empty) > 1 else ' is'} empty (first: "
+            f"{first_few([i + '.txt' for i in empty])})",
             "write them, or remove the files",
         )
     return found
@@ -97,7 +103,10 @@ def _add(found: dict[str, str], lines: dict[str, int], path: Path, number: int, 
     if not text:
         raise CorpusError(f"{path}:{number}: the description of {image_id!r} is empty", "write it, or remove the line")
     if image_id in found:
-        raise CorpusError(f"{path}:{number}: id {image_id!r} appears twice (also line {lines[image_id]})", "keep one description per id")
+        raise CorpusError(
+            f"{path}:{number}: id {image_id!r} appears twice (also line {lines[image_id]})",
+            "keep one description per id",
+        )
     found[image_id] = text
     lines[image_id] = number
 
@@ -109,12 +118,15 @@ def _read_jsonl(path: Path) -> dict[str, str]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise CorpusError(f"{path}:{number}: not JSON ({error.msg} at column {error.colno})", 'expected {"id": "...", "text": "..."}') from None
+            raise CorpusError(
+                f"{path}:{number}: not JSON ({error.msg} at column {error.colno})",
+                'expected {"id": "...", "text": "..."}',
+            ) from None
         if not isinstance(row, dict) or "id" not in row or "text" not in row:
-            raise CorpusError(f"{path}:{number}: expected an object with keys \"id\" and \"text\", found {line[:60]!r}")
+            raise CorpusError(f'{path}:{number}: expected an object with keys "id" and "text", found {line[:60]!r}')
         for key in ("id", "text"):
             if not isinstance(row[key], str):
-                raise CorpusError(f"{path}:{number}: \"{key}\" is {json.dumps(row[key])[:40]}, not a string", "quote it")
+                raise CorpusError(f'{path}:{number}: "{key}" is {json.dumps(row[key])[:40]}, not a string', "quote it")
         _add(found, lines, path, number, row["id"].strip(), row["text"].strip())
     if not found:
         raise CorpusError(f"{path}: no descriptions", 'expected one {"id": "...", "text": "..."} object per line')
@@ -129,7 +141,9 @@ def _read_tsv(path: Path) -> dict[str, str]:
         rows = rows[1:]
     for number, line in rows:
         if "\t" not in line:
-            raise CorpusError(f"{path}:{number}: no tab between id and description in {line[:60]!r}", "expected `id<TAB>text`")
+            raise CorpusError(
+                f"{path}:{number}: no tab between id and description in {line[:60]!r}", "expected `id<TAB>text`"
+            )
         image_id, text = line.split("\t", 1)
         _add(found, lines, path, number, image_id.strip(), text.strip())
     if not found:
@@ -142,8 +156,8 @@ def import_descriptions(
     source: str | Path,
     name: str,
     *,
-    model: str = DEFAULT_MODEL,
-    prompt: str = DEFAULT_MODEL,
+    model: str = IMPORTED,
+    prompt: str = IMPORTED,
     strict: bool = False,
     overwrite: bool = False,
 ) -> DescriptionImport:
@@ -153,12 +167,21 @@ def import_descriptions(
     are returned in `missing` (training that uses `name` refuses them until they are written).
     """
     check_description_name(name)
-    for option, value in (("--model", model), ("--prompt", prompt)):
+    for option, value in (("model", model), ("prompt", prompt)):
         if not value or not value.strip():
-            raise CorpusError(f"{option} is empty", f"leave it out for the default {DEFAULT_MODEL!r}")
+            raise InvalidArgument(
+                option,
+                value,
+                "is empty",
+                f"leave it out for the default {IMPORTED!r}",
+                message=parts(Param(option), " is empty"),
+            )
     folder = corpus.path / "descriptions" / name
     if folder.exists() and not overwrite:
-        raise CorpusError(f"{folder} exists", "pass --overwrite to replace it, or choose another --name")
+        raise CorpusError(
+            f"{folder} exists",
+            parts("pass ", Param("overwrite", True), " to replace it, or choose another ", Param("name")),
+        )
     found = read_descriptions(source)
     gallery = list(dict.fromkeys(row.image_id for row in corpus.images()))
     kind = corpus.modality  # image or video
@@ -166,8 +189,9 @@ def import_descriptions(
     unknown = [image_id for image_id in found if image_id not in known]
     if unknown and strict:
         raise CorpusError(
-            f"{len(unknown)} of {len(found)} ids in {source} are not {kind}s of {corpus.path} (first: {first_few(unknown)})",
-            "remove them, or leave out --strict to ignore them",
+            f"{len(unknown)} of {len(found)} ids in {source} are not {kind}s of {corpus.path} (first: "
+            f"{first_few(unknown)})",
+            parts("remove them, or leave out ", Param("strict"), " to ignore them"),
         )
     rows = [
         {"image_id": image_id, "text": found[image_id], "model": model.strip(), "prompt": prompt.strip()}

@@ -21,14 +21,19 @@ from pathlib import Path
 
 from PIL import Image
 
-from leccr_cli.utils.console import progress
+from rich.console import Console
+
 from leccr_cli.corpus.corpus import Corpus, ImageRow, write_corpus
-from leccr_cli.errors import CorpusError
+from leccr_cli.defaults import IMAGE_FOLDER_SPLIT, ON_ERROR, OnError
+from leccr_cli.errors import CorpusError, InvalidArgument, Param, one_of, parts
+from leccr_cli.utils.console import progress
 from leccr_cli.utils.fs import is_empty_folder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-DEFAULT_SPLIT = "gallery"
-ON_ERROR = ("stop", "skip")
+
+
+def _choose_another() -> tuple:
+    return parts("choose another ", Param("out"), ", or pass ", Param("overwrite", True), " to replace it")
 
 
 @dataclass
@@ -86,16 +91,16 @@ def _check_places(folder: Path, out: Path) -> None:
 
 
 def _existing_corpus(folder: Path, out: Path, overwrite: bool) -> Corpus | None:
-    """The corpus in `out` that an earlier import of `folder` wrote (extended by a rerun), or None to write a new one."""
+    """The corpus in `out` an earlier import of `folder` wrote (a rerun extends it), or None to write a new one."""
     if overwrite or not out.exists() or (out.is_dir() and is_empty_folder(out)):
         return None
     if not (out / "corpus.json").is_file():
-        raise CorpusError(f"{out} exists and is not a corpus", "choose another OUT, or pass --overwrite to replace it")
+        raise CorpusError(f"{out} exists and is not a corpus", _choose_another())
     corpus = Corpus.open(out)
     if corpus.media_root.resolve() != folder.resolve():
         raise CorpusError(
             f"{out} is a corpus of {corpus.media_root}, not of {folder}",
-            "choose another OUT, or pass --overwrite to replace it",
+            _choose_another(),
         )
     return corpus
 
@@ -104,39 +109,55 @@ def import_images(
     folder: str | Path,
     out: str | Path,
     *,
-    split: str = DEFAULT_SPLIT,
-    on_error: str = "stop",
+    split: str = IMAGE_FOLDER_SPLIT,
+    on_error: OnError = "stop",
     overwrite: bool = False,
     name: str | None = None,
+    console: Console | None = None,
 ) -> ImageFolderImport:
     """List every image under `folder` as split `split` of the corpus `out` (made, or extended on a rerun).
 
     Unreadable files stop the import (`on_error="stop"`) or are skipped and returned (`"skip"`).
-    `overwrite` replaces whatever `out` holds with a new corpus.
+    `overwrite` replaces whatever `out` holds with a new corpus. Progress goes to `console`.
     """
     folder, out = Path(folder), Path(out)
-    if on_error not in ON_ERROR:
-        raise CorpusError(f"--on-error {on_error!r} is not supported", f"use one of {', '.join(ON_ERROR)}")
+    one_of("on_error", on_error, ON_ERROR)
     if not split or not split.strip() or split != split.strip():
-        raise CorpusError(f"--split {split!r} is not a split name", f"e.g. {DEFAULT_SPLIT}")
+        raise InvalidArgument(
+            "split",
+            split,
+            "is not a split name",
+            f"e.g. {IMAGE_FOLDER_SPLIT}",
+            message=parts(Param("split", split, quote=True), " is not a split name"),
+        )
     _check_places(folder, out)
     existing = _existing_corpus(folder, out, overwrite)
     if existing is None:
-        return _import(folder, out, None, split, on_error, overwrite, name)
+        return _import(folder, out, None, split, on_error, overwrite, name, console)
     with existing.writing():  # one writer at a time; the corpus is read again under the lock
-        return _import(folder, out, _existing_corpus(folder, out, overwrite), split, on_error, overwrite, name)
+        return _import(folder, out, _existing_corpus(folder, out, overwrite), split, on_error, overwrite, name, console)
 
 
 def _import(
-    folder: Path, out: Path, existing: Corpus | None, split: str, on_error: str, overwrite: bool, name: str | None
+    folder: Path,
+    out: Path,
+    existing: Corpus | None,
+    split: str,
+    on_error: str,
+    overwrite: bool,
+    name: str | None,
+    console,
 ) -> ImageFolderImport:
     listed = {row.image_id: row.path for row in existing.images(split)} if existing and split in existing.splits else {}
     found = image_ids(find_images(folder))
     if not found and not listed:
-        raise CorpusError(f"{folder} holds no images", f"leccr reads {', '.join(IMAGE_SUFFIXES)} files in the folder and its subfolders")
+        raise CorpusError(
+            f"{folder} holds no images",
+            f"leccr reads {', '.join(IMAGE_SUFFIXES)} files in the folder and its subfolders",
+        )
     new = {image_id: path for image_id, path in found.items() if image_id not in listed}
     rows, skipped = [], []
-    bar = progress(transient=True)
+    bar = progress(console, transient=True)
     with bar:
         task = bar.add_task("reading images", total=len(new))
         for image_id, path in new.items():
@@ -149,10 +170,12 @@ def _import(
             else:
                 raise CorpusError(
                     f"image {folder / path} cannot be read ({reason})",
-                    "fix or remove the file, or pass --on-error skip to leave it out",
+                    parts("fix or remove the file, or pass ", Param("on_error", "skip"), " to leave it out"),
                 )
     if not rows and not listed:
-        raise CorpusError(f"none of the {len(found)} images in {folder} can be read", f"first: {skipped[0][0]} ({skipped[0][1]})")
+        raise CorpusError(
+            f"none of the {len(found)} images in {folder} can be read", f"first: {skipped[0][0]} ({skipped[0][1]})"
+        )
     vanished = [image_id for image_id, path in listed.items() if not (folder / path).is_file()]
     if existing is None:
         corpus = write_corpus(

@@ -26,9 +26,10 @@ import re
 from pathlib import Path
 
 from leccr_cli.corpus.corpus import Caption, ImageRow, write_corpus
-from leccr_cli.corpus.importers.common import ImportReport, check_images_present, first_few, numbered_lines, read_id_list
+from leccr_cli.corpus.importers.common import ImportReport, check_images_present, read_id_list
+from leccr_cli.utils.text import first_few, numbered_lines
 from leccr_cli.utils.languages import ISO_639_1
-from leccr_cli.errors import CorpusError
+from leccr_cli.errors import CorpusError, Param, parts
 
 TASK1_SPLIT_NAMES = {"test_2016_flickr": "test"}
 FLICKR30K_CSV_HEADER = ["image_name", "comment_number", "comment"]
@@ -79,12 +80,15 @@ def import_multi30k(
     if not (task1 / "image_splits").is_dir() or not (task1 / "raw").is_dir():
         raise CorpusError(
             f"{text_dir}: no task1/image_splits and task1/raw folders",
-            "point --text at a checkout of github.com/multi30k/dataset (its data/ folder)",
+            parts("point ", Param("text_dir"), " at a checkout of github.com/multi30k/dataset (its data/ folder)"),
         )
     if not images_dir.is_dir():
-        raise CorpusError(f"--images {images_dir}: no such folder", "give the Flickr30K image folder")
+        raise CorpusError(parts(Param("images_dir", images_dir), ": no such folder"), "give the Flickr30K image folder")
     if flickr30k_captions is not None and not Path(flickr30k_captions).is_file():
-        raise CorpusError(f"--flickr30k-captions {flickr30k_captions}: no such file", "give results_20130124.token or results.csv")
+        raise CorpusError(
+            parts(Param("flickr30k_captions", flickr30k_captions), ": no such file"),
+            "give results_20130124.token or results.csv",
+        )
     images: list[ImageRow] = []
     captions: list[Caption] = []
 
@@ -128,7 +132,10 @@ def import_multi30k(
     if flickr30k_captions is not None:
         train_names = [row.path for row in images if row.split == "train"]
         if not train_names:
-            raise CorpusError(f"{text_dir}: no task1 train split to add the Flickr30K captions to", "expected task1/image_splits/train.txt")
+            raise CorpusError(
+                f"{text_dir}: no task1 train split to add the Flickr30K captions to",
+                "expected task1/image_splits/train.txt",
+            )
         captions = _with_flickr30k_captions(captions, Path(flickr30k_captions), train_names, notes, warnings)
     missing = check_images_present(images_dir, sorted({row.path for row in images}), allow_missing_images)
     corpus = write_corpus(
@@ -166,7 +173,9 @@ def read_flickr30k_captions(path: Path) -> dict[str, list[tuple[int, str]]]:
         name, caption_number, text = fields[0], int(fields[1]), fields[2]
         previous = first_line.setdefault((name, caption_number), number)
         if previous != number:
-            raise CorpusError(f"{path}:{number}: caption {caption_number} of {name} appears twice (also line {previous})")
+            raise CorpusError(
+                f"{path}:{number}: caption {caption_number} of {name} appears twice (also line {previous})"
+            )
         found.setdefault(name, []).append((caption_number, text))
     return found
 

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leccr_cli.corpus.corpus import Caption, GalleryRow, ImageRow, split_cap_id, write_corpus
-from leccr_cli.corpus.importers.common import ImportReport, check_images_present, first_few, numbered_lines, read_id_list, read_text
+from leccr_cli.corpus.importers.common import ImportReport, check_images_present, read_id_list
+from leccr_cli.utils.text import first_few, numbered_lines, read_text
 from leccr_cli.utils.languages import ISO_639_1
-from leccr_cli.errors import CorpusError
+from leccr_cli.errors import CorpusError, Param, parts
 
 _SPLIT_WORD = re.compile(r"(train|val|test)")
 
@@ -57,7 +58,9 @@ def _split_of(path: Path) -> str:
     name = path.name[: -len(".caption.txt")]
     found = _SPLIT_WORD.findall(name)
     if not found:
-        raise CorpusError(f"{path}: the file name does not say train, val or test", "rename it, e.g. mydatatrain_enc.caption.txt")
+        raise CorpusError(
+            f"{path}: the file name does not say train, val or test", "rename it, e.g. mydatatrain_enc.caption.txt"
+        )
     return found[-1]
 
 
@@ -70,7 +73,9 @@ def read_caption_file(path: Path) -> list[tuple[int, str, str]]:
     for number, line in numbered_lines(path):
         parts = line.split(None, 1)
         if len(parts) != 2:
-            raise CorpusError(f"{path}:{number}: no caption after the cap id in {line[:60]!r}", "expected `<cap_id> <caption>`")
+            raise CorpusError(
+                f"{path}:{number}: no caption after the cap id in {line[:60]!r}", "expected `<cap_id> <caption>`"
+            )
         cap_id, text = parts
         image_id, tag, index = (cap_id.rsplit("#", 2) + ["", ""])[:3]
         if not (image_id and tag and index):
@@ -99,7 +104,11 @@ def _list_language(stem: str) -> str | None:
 def read_id_lists(root: Path) -> list[IdList]:
     """The id lists under FeatureData/ (also one folder down, as in FeatureData/<feature>/ja_test_id.txt) or img_id/."""
     features = root / "FeatureData"
-    files = sorted(features.glob("*_id*.txt")) + sorted(features.glob("*/*_id*.txt")) + sorted((root / "img_id").glob("*.txt"))
+    files = (
+        sorted(features.glob("*_id*.txt"))
+        + sorted(features.glob("*/*_id*.txt"))
+        + sorted((root / "img_id").glob("*.txt"))
+    )
     lists = []
     for path in files:
         found = _SPLIT_WORD.findall(path.stem)
@@ -119,7 +128,10 @@ def _name_map(root: Path) -> dict[str, str]:
         image_id, file_name = (Path(fields[0]).stem, fields[0]) if len(fields) == 1 else (fields[0], fields[1].strip())
         previous = mapping.get(image_id)
         if previous is not None and previous[0] != file_name:
-            raise CorpusError(f"{path}:{number}: image {image_id!r} is mapped to {file_name!r}, but line {previous[1]} maps it to {previous[0]!r}")
+            raise CorpusError(
+                f"{path}:{number}: image {image_id!r} is mapped to {file_name!r}, but line {previous[1]} maps it to "
+                f"{previous[0]!r}"
+            )
         mapping[image_id] = (file_name, number)
     return {image_id: file_name for image_id, (file_name, _) in mapping.items()}
 
@@ -143,7 +155,9 @@ def import_nrccr(
     root = Path(root)
     text_dir = root / "TextData"
     if not text_dir.is_dir():
-        raise CorpusError(f"{root}: no TextData folder", "point at the collection folder that holds TextData/ and FeatureData/")
+        raise CorpusError(
+            f"{root}: no TextData folder", "point at the collection folder that holds TextData/ and FeatureData/"
+        )
     files = sorted(text_dir.glob("*.caption.txt"))
     if not files:
         raise CorpusError(f"{text_dir}: no *.caption.txt files")
@@ -182,17 +196,22 @@ def import_nrccr(
     if modality == "image":
         if images_dir is None:
             if not allow_missing_images:
-                raise CorpusError("--images is required for an image corpus", "give the image folder, or pass --allow-missing-images")
+                raise CorpusError(
+                    parts(Param("images_dir"), " is required for an image corpus"),
+                    parts("give the image folder, or pass ", Param("allow_missing_images", True)),
+                )
             missing = len(rows)
         else:
             if not Path(images_dir).is_dir():
-                raise CorpusError(f"--images {images_dir}: no such folder")
+                raise CorpusError(parts(Param("images_dir", images_dir), ": no such folder"))
             missing = check_images_present(Path(images_dir), sorted({r.path for r in rows}), allow_missing_images)
 
     def add_video_features(folder: Path) -> None:
         if video_feature is not None:
             videos = list(dict.fromkeys(r.image_id for r in rows))
-            _convert_frame_features(root / "FeatureData" / video_feature, videos, folder / "video" / f"{video_feature}.safetensors")
+            _convert_frame_features(
+                root / "FeatureData" / video_feature, videos, folder / "video" / f"{video_feature}.safetensors"
+            )
 
     corpus = write_corpus(
         out,
@@ -229,7 +248,9 @@ def _split_images(
             if id_list.lang is None:
                 continue
             if (split, id_list.lang) not in caption_langs:
-                notes.append(f"{id_list.path}: no human {id_list.lang} captions in {split}; its images join the split only")
+                notes.append(
+                    f"{id_list.path}: no human {id_list.lang} captions in {split}; its images join the split only"
+                )
                 continue
             other = own_lists.setdefault((split, id_list.lang), id_list)
             if other.ids != id_list.ids:
@@ -243,7 +264,8 @@ def _split_images(
     for cap in captions.values():
         if cap.image_id not in listed[cap.split]:
             raise CorpusError(
-                f"{where[cap.cap_id]}: caption {cap.cap_id} is of image {cap.image_id!r}, which the {cap.split} id lists lack",
+                f"{where[cap.cap_id]}: caption {cap.cap_id} is of image {cap.image_id!r}, which the {cap.split} id "
+                f"lists lack",
                 "fix the id list under FeatureData/ or img_id/",
             )
         key = (cap.split, cap.lang)
@@ -268,12 +290,15 @@ def _convert_frame_features(feature_dir: Path, videos: list[str], out: Path) -> 
         video2frames = _read_video2frames(mapping_file)
         lacking = [v for v in videos if not video2frames.get(v)]
         if lacking:
-            raise CorpusError(f"{mapping_file}: no frames for {len(lacking)} of {len(videos)} videos (first: {first_few(lacking)})")
+            raise CorpusError(
+                f"{mapping_file}: no frames for {len(lacking)} of {len(videos)} videos (first: {first_few(lacking)})"
+            )
         unknown = [(v, f) for v in videos for f in video2frames[v] if f not in row_of]
         if unknown:
             affected = len({v for v, _ in unknown})
             raise CorpusError(
-                f"{mapping_file}: {len(unknown)} frames of {affected} videos are not among the {len(frame_ids)} ids of {id_file} "
+                f"{mapping_file}: {len(unknown)} frames of {affected} videos are not among the {len(frame_ids)} ids of "
+                f"{id_file} "
                 f"(first: frame {unknown[0][1]!r} of video {unknown[0][0]!r})",
                 "the mapping and the feature folder must come from the same extraction",
             )
@@ -297,10 +322,20 @@ def _read_video2frames(path: Path) -> dict[str, list[str]]:
     try:
         mapping = ast.literal_eval(read_text(path))
     except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
-        raise CorpusError(f"{path}: not a dict literal ({type(error).__name__}: {error})", "expected {'video1': ['video1_0', ...], ...}") from None
+        raise CorpusError(
+            f"{path}: not a dict literal ({type(error).__name__}: {error})",
+            "expected {'video1': ['video1_0', ...], ...}",
+        ) from None
     if not isinstance(mapping, dict):
         raise CorpusError(f"{path}: holds a {type(mapping).__name__}, not a dict of video id -> frame ids")
     for video, frames in mapping.items():
-        if not isinstance(video, str) or not isinstance(frames, (list, tuple)) or not all(isinstance(f, str) for f in frames):
-            raise CorpusError(f"{path}: the entry for {video!r} is not a list of frame ids", "expected {'video1': ['video1_0', ...], ...}")
+        if (
+            not isinstance(video, str)
+            or not isinstance(frames, (list, tuple))
+            or not all(isinstance(f, str) for f in frames)
+        ):
+            raise CorpusError(
+                f"{path}: the entry for {video!r} is not a list of frame ids",
+                "expected {'video1': ['video1_0', ...], ...}",
+            )
     return mapping

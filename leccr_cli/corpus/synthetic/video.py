@@ -33,30 +33,31 @@ from pathlib import Path
 
 import numpy as np
 
-from leccr_cli.corpus.corpus import write_corpus
-from leccr_cli.corpus.synthetic.image import (
+from leccr_cli.corpus.synthetic.grammar import (
     CELL_PHRASES,
     COLORS,
-    DESCRIPTION_SOURCE,
     GRAMMARS,
     PLACES,
     SHAPE_COUNTS,
     SHAPES,
     SIZES,
-    SYNTH_LANGS,
-    CaptionCodes,
     Mention,
     MtNoise,
     Shape,
+    english_phrase,
+    target_phrase,
+)
+from leccr_cli.corpus.synthetic.splits import (
+    CaptionCodes,
     SynthReport,
     assemble_splits,
     check_request,
-    english_phrase,
     grow_held_out,
     split_sizes,
-    target_phrase,
+    write_synthetic,
 )
-from leccr_cli.errors import CorpusError
+from leccr_cli.defaults import SYNTH_FRAME_DIM, SYNTH_FRAMES, SYNTH_IMAGES, SYNTH_LANGS, SYNTH_NOISE
+from leccr_cli.errors import InvalidArgument, Param, parts
 
 FEATURE_SET = "synthetic"  # the corpus's video/synthetic.safetensors
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -141,23 +142,45 @@ VIDEO_GRAMMARS = {
     "de": {
         "relative": {"m": "der", "n": "das"},
         "commas": True,
-        "events": {"appears": "erscheint", "disappears": "verschwindet", "moves": "sich nach {} bewegt", "turns": "{} wird"},
+        "events": {
+            "appears": "erscheint",
+            "disappears": "verschwindet",
+            "moves": "sich nach {} bewegt",
+            "turns": "{} wird",
+        },
         "directions": {"left": "links", "right": "rechts", "up": "oben", "down": "unten"},
-        "colors": {"red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb", "purple": "violett", "orange": "orange"},
+        "colors": {
+            "red": "rot",
+            "green": "grün",
+            "blue": "blau",
+            "yellow": "gelb",
+            "purple": "violett",
+            "orange": "orange",
+        },
         "mistranslations": {"appears": "scheint", "moves": "sich nach {} umzieht", "turns": "sich {} dreht"},
     },
     "fr": {
         "relative": {"m": "qui", "f": "qui"},
         "commas": False,
         "events": {"appears": "apparaît", "disappears": "disparaît", "moves": "se déplace {}", "turns": "devient {}"},
-        "directions": {"left": "vers la gauche", "right": "vers la droite", "up": "vers le haut", "down": "vers le bas"},
+        "directions": {
+            "left": "vers la gauche",
+            "right": "vers la droite",
+            "up": "vers le haut",
+            "down": "vers le bas",
+        },
         "colors": None,
         "mistranslations": {"appears": "paraît", "moves": "déménage {}", "turns": "tourne {}"},
     },
     "cs": {
         "relative": {"m": "který", "f": "která"},
         "commas": True,
-        "events": {"appears": "se objeví", "disappears": "zmizí", "moves": "se posune {}", "turns": "změní barvu na {}"},
+        "events": {
+            "appears": "se objeví",
+            "disappears": "zmizí",
+            "moves": "se posune {}",
+            "turns": "změní barvu na {}",
+        },
         "directions": {"left": "doleva", "right": "doprava", "up": "nahoru", "down": "dolů"},
         # accusative of "barva" (colour, feminine): the same whatever the shape's gender
         "colors": {
@@ -398,12 +421,12 @@ class FrameEncoder:
 def build_synthetic_video(
     out: str | Path,
     *,
-    videos: int = 2000,
-    frames: int = 8,
-    frame_dim: int = 64,
+    videos: int = SYNTH_IMAGES,
+    frames: int = SYNTH_FRAMES,
+    frame_dim: int = SYNTH_FRAME_DIM,
     langs: list[str] | tuple[str, ...] = SYNTH_LANGS,
     seed: int = 0,
-    noise: float = 2.0,
+    noise: float = SYNTH_NOISE,
     captions_per_video: int = 3,
     mt_noise: float = 0.3,
     overwrite: bool = False,
@@ -413,13 +436,27 @@ def build_synthetic_video(
     The report's `images` counts the videos of each split. Frame features go to
     `video/synthetic.safetensors`.
     """
-    check_request(langs, videos, "--videos")
+    check_request(langs, videos, "videos")
     if frames < 2:
-        raise CorpusError(f"--frames {frames} is too few", "use at least 2: a change needs a before and an after")
+        raise InvalidArgument(
+            "frames",
+            frames,
+            "is too few",
+            "use at least 2: a change needs a before and an after",
+            message=parts(Param("frames", frames), " is too few"),
+        )
     if frame_dim < 8:
-        raise CorpusError(f"--frame-dim {frame_dim} is too small", "use at least 8")
+        raise InvalidArgument(
+            "frame_dim",
+            frame_dim,
+            "is too small",
+            "use at least 8",
+            message=parts(Param("frame_dim", frame_dim), " is too small"),
+        )
     if not noise >= 0:
-        raise CorpusError(f"--noise {noise}: the noise norm must be 0 or more", "0 means no noise; the default is 2.0")
+        raise InvalidArgument(
+            "noise", noise, "the noise norm must be 0 or more", f"0 means no noise; the default is {SYNTH_NOISE}"
+        )
     rng = random.Random(seed)
     sizes = split_sizes(videos)
     contents = assemble_splits(
@@ -444,17 +481,10 @@ def build_synthetic_video(
             clean = encoder.frames(video, length, switches)
             noisy = clean + noise / math.sqrt(frame_dim) * generator.standard_normal(clean.shape)
             tensors.append(torch.from_numpy(noisy.astype(np.float32)))
-        write_frame_features(folder / "video" / f"{FEATURE_SET}.safetensors", [row.image_id for row in contents.rows], tensors)
+        write_frame_features(
+            folder / "video" / f"{FEATURE_SET}.safetensors", [row.image_id for row in contents.rows], tensors
+        )
 
-    corpus = write_corpus(
-        out,
-        name="synthetic-video",
-        modality="video",
-        media_root=".",
-        images=contents.rows,
-        captions=contents.captions,
-        descriptions={DESCRIPTION_SOURCE: contents.descriptions},
-        overwrite=overwrite,
-        fill=write_features,
+    return write_synthetic(
+        out, contents, sizes, name="synthetic-video", modality="video", fill=write_features, overwrite=overwrite
     )
-    return SynthReport(corpus.path, sizes, len(contents.captions), corpus.languages, contents.ceiling)

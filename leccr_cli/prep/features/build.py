@@ -1,6 +1,6 @@
-"""`leccr build-slots`: encode every description once with the frozen description encoder and
+"""`build_slots` (`leccr build-slots`): encode every description once with the frozen description encoder and
 cache the token features in `CORPUS/slots/<encoder>/<split>.safetensors` (the file format is
-`leccr_cli.prep.features.cache`).
+`prep/features/cache.py`).
 
 In `frozen` description-encoder mode F_c never changes during training, so its features can
 be computed once; training and evaluation then read the cache instead of running F_c.
@@ -12,20 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from accelerate import PartialState
+from rich.console import Console
 
-from leccr_cli.config import Recipe, load_recipe
-from leccr_cli.utils.console import progress
-from leccr_cli.data.datasets import check_descriptions
-from leccr_cli.prep.features.cache import SlotCache, cache_path, encoder_slug, slot_identity, write_slot_file
-from leccr_cli.utils.devices import parse_dtype, select_device
-from leccr_cli.errors import CorpusError, LeccrError, RecipeError
-from leccr_cli.utils.fs import disk_full_reported
+from leccr_cli.config import Recipe, load_recipe, resolve_paths
+from leccr_cli.corpus.corpus import check_descriptions
+from leccr_cli.corpus.synthetic import ensure_corpus
+from leccr_cli.defaults import SLOT_CACHE_DTYPE
+from leccr_cli.errors import RecipeError, SlotCacheStale
+from leccr_cli.model.factory import build_model_for
 from leccr_cli.model.leccr import LeccrModel
-from leccr_cli.training.pipeline import build_model_for, ensure_corpus, resolve_paths
+from leccr_cli.prep.features.cache import SlotCache, cache_path, encoder_slug, slot_identity, write_slot_file
 from leccr_cli.runs.layout import load_run
-
-DEFAULT_STORAGE_DTYPE = "fp16"
+from leccr_cli.utils.console import progress
+from leccr_cli.utils.devices import parse_dtype, process_state, select_device
+from leccr_cli.utils.fs import disk_full_reported
 
 
 @dataclass
@@ -42,11 +42,9 @@ class SplitReport:
 
 
 def _load_source(source: Path, overrides: Sequence[str]) -> tuple[Recipe, LeccrModel | None]:
-    """(recipe, model or None) of a recipe file or a run folder."""
+    """(recipe, model or None) of a recipe file or a run folder (`overrides` apply to either)."""
     if source.is_dir():
-        if overrides:
-            raise LeccrError("--set applies to a recipe file, not to a run folder", "drop --set, or give the recipe instead")
-        return load_run(source)
+        return load_run(source, list(overrides))
     return load_recipe(source, list(overrides)), None
 
 
@@ -57,7 +55,8 @@ def _check_frozen(recipe: Recipe, model: LeccrModel | None, source: Path) -> Non
         raise RecipeError(
             f"{source}: model.description_encoder is 'shared': description features follow the text encoder "
             "as it trains, so there is nothing to cache",
-            "to train from a cache, set model.description_encoder: frozen and model.description_features: cache or auto",
+            "to train from a cache, set model.description_encoder: frozen and "
+            "model.description_features: cache or auto",
         )
     if model is not None and (model.description_encoder is None or not model.reads_descriptions):
         raise RecipeError(
@@ -67,9 +66,9 @@ def _check_frozen(recipe: Recipe, model: LeccrModel | None, source: Path) -> Non
 
 
 def storage_dtype(name: str) -> str:
-    """The cache's storage dtype for a `--dtype` value: bf16, fp16 or fp32 (`auto` stores fp16)."""
+    """The cache's storage dtype for a dtype name: bf16, fp16 or fp32 (`auto` stores fp16)."""
     canonical = parse_dtype(name)
-    return DEFAULT_STORAGE_DTYPE if canonical == "auto" else canonical
+    return SLOT_CACHE_DTYPE if canonical == "auto" else canonical
 
 
 def build_slots(
@@ -78,29 +77,30 @@ def build_slots(
     splits: str = "all",
     overrides: Sequence[str] = (),
     batch_size: int | None = None,
-    dtype: str = DEFAULT_STORAGE_DTYPE,
+    dtype: str = SLOT_CACHE_DTYPE,
     device: str | None = None,
     overwrite: bool = False,
+    console: Console | None = None,
 ) -> list[SplitReport]:
     """Cache the frozen description features of a recipe's (or a run's) corpus, split by split.
 
-    `source` is a recipe file (the model is built exactly as `leccr train` builds it) or a run
-    folder (its `model/`). `splits` is `all` or a comma-separated list. A split whose cache
-    exists and matches is skipped; one that exists but does not match is refused unless
-    `overwrite`. Encodes on `device` (default: the GPU when there is one). Returns one report
-    per split.
+    `source` is a recipe file (the model is built exactly as `train` builds it) or a run folder
+    (its `model/`); `overrides` (`a.b=value`) change its recipe. `splits` is `all` or a
+    comma-separated list. A split whose cache exists and matches is skipped; one that exists
+    but does not match is a `SlotCacheStale` unless `overwrite`. Encodes on `device` (default:
+    the GPU when there is one), with progress on `console`. Returns one report per split.
     """
     dtype = storage_dtype(dtype)
     source = Path(source)
     recipe, model = _load_source(source, overrides)
     recipe = resolve_paths(recipe)
     _check_frozen(recipe, model, source)
-    corpus = ensure_corpus(recipe, PartialState())
+    target = select_device(device)
+    corpus = ensure_corpus(recipe, process_state(target), console)
     if model is None:
         model = build_model_for(recipe, corpus)
     _check_frozen(recipe, model, source)
     chosen = corpus.resolve_splits(splits)
-    target = select_device(device)
     model.description_encoder.to(target)
     batch_size = batch_size or recipe.eval.batch_size
     description_source = recipe.data.descriptions
@@ -117,16 +117,21 @@ def build_slots(
                 existing = SlotCache.open(path)
                 differences = existing.identity.differences(identity)
                 if differences:
-                    raise CorpusError(
-                        f"{path} exists and does not match this model and corpus (what differs: {'; '.join(differences)})",
-                        f"pass --overwrite to rebuild it (`leccr build-slots {source} --split {split} --overwrite`)",
-                    )
+                    raise SlotCacheStale(split, path, differences, source, rebuilding=True)
                 reports.append(
-                    SplitReport(split, path, "up to date", len(existing), max(existing.lengths), existing.dtype, path.stat().st_size)
+                    SplitReport(
+                        split,
+                        path,
+                        "up to date",
+                        len(existing),
+                        max(existing.lengths),
+                        existing.dtype,
+                        path.stat().st_size,
+                    )
                 )
                 continue
             texts = [descriptions[i] for i in image_ids]
-            bar = progress()
+            bar = progress(console)
             with bar:
                 task = bar.add_task(f"encoding {split} descriptions", total=len(texts))
                 write_slot_file(
@@ -141,5 +146,7 @@ def build_slots(
                     on_batch=lambda rows: bar.advance(task, rows),
                 )
             built = SlotCache.open(path)
-            reports.append(SplitReport(split, path, "built", len(built), max(built.lengths), dtype, path.stat().st_size))
+            reports.append(
+                SplitReport(split, path, "built", len(built), max(built.lengths), dtype, path.stat().st_size)
+            )
     return reports

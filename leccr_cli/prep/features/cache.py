@@ -11,10 +11,11 @@ once per split and stored in `CORPUS/slots/<encoder-slug>/<split>.safetensors`:
   description source and a hash of the split's (image_id, text) description rows.
 
 Training and evaluation compute the same identity from their model and corpus: with
-`model.description_features: cache` a missing or mismatching cache is refused (naming what
-differs and the command that rebuilds it); with `auto` a matching one is used and anything
-else falls back to live encoding. Reading is memory-mapped, one row per dataset item.
-`leccr build-slots` (leccr_cli/slots.py) writes the files.
+`model.description_features: cache` a missing or mismatching cache is refused
+(`SlotCacheMissing`, `SlotCacheStale`: what differs, and the step that rebuilds it); with
+`auto` a matching one is used and anything else falls back to live encoding. Reading is
+memory-mapped (`utils/safetensors_io.py`), one row per dataset item. `build_slots`
+(`prep/features/build.py`, `leccr build-slots`) writes the files.
 """
 
 from __future__ import annotations
@@ -23,24 +24,23 @@ import hashlib
 import json
 import os
 import re
-import struct
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import SafetensorError, safe_open
+from rich.console import Console
 
-from leccr_cli.utils.console import err_console, is_main_process
-from leccr_cli.data.datasets import check_descriptions
+from leccr_cli.corpus.corpus import check_descriptions
+from leccr_cli.errors import CorpusError, SlotCacheMissing, SlotCacheStale, Step, parts
+from leccr_cli.utils.console import say
 from leccr_cli.utils.devices import TORCH_DTYPES
-from leccr_cli.errors import CorpusError
 from leccr_cli.utils.fs import atomic_file
+from leccr_cli.utils.safetensors_io import STORAGE_CODES, StreamingSafetensors, memory_map, tensor_bytes
 
 SLOTS_FORMAT = "leccr-slots"
 SLOTS_VERSION = 1
-STORAGE_CODES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}  # storage dtype -> safetensors dtype code
 SCRATCH_ENCODER = "from-scratch"
 
 
@@ -86,7 +86,10 @@ class SlotIdentity:
         if self.descriptions != wanted.descriptions:
             found.append(f"data.descriptions (cache: {self.descriptions}, now: {wanted.descriptions})")
         elif self.descriptions_hash != wanted.descriptions_hash:
-            found.append(f"the descriptions of the split in descriptions/{wanted.descriptions}, changed since the cache was built")
+            found.append(
+                f"the descriptions of the split in descriptions/{wanted.descriptions}, changed since the cache was "
+                f"built"
+            )
         return found
 
 
@@ -165,11 +168,17 @@ def cache_path(corpus, slug: str, split: str) -> Path:
 # ----------------------------------------------------------------------------- reading
 
 
+def _rebuild(what: str = "it") -> tuple:
+    return parts(
+        f"rebuild {what} with ", Step("build-slots", "...", overwrite=True, python="build_slots(..., overwrite=True)")
+    )
+
+
 class SlotCache:
     """Memory-mapped reader of one cache file: `row(image_id)` gives that description's valid token features.
 
-    The file is opened lazily in each process (DataLoader workers included): safe_open handles
-    cannot be pickled or shared across a fork.
+    The file is mapped lazily in each process (DataLoader workers included): a mapping is not
+    pickled or shared across a fork.
     """
 
     def __init__(self, path: Path, identity: SlotIdentity, image_ids: list[str], lengths: list[int], dtype: str):
@@ -179,26 +188,23 @@ class SlotCache:
         self.lengths = lengths
         self.dtype = dtype
         self._rows = {image_id: i for i, image_id in enumerate(image_ids)}
-        self._handle = self._features = self._owner = None
+        self._features = self._owner = None
 
     @classmethod
     def open(cls, path: str | Path) -> "SlotCache":
         """Read a cache's metadata and row lengths; a file that is not a leccr slot cache is a `CorpusError`."""
         path = Path(path)
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("format") != SLOTS_FORMAT or meta.get("version") != str(SLOTS_VERSION):
-                    raise CorpusError(
-                        f"{path} is not a leccr slot cache (version {SLOTS_VERSION})",
-                        "rebuild it with `leccr build-slots ... --overwrite`",
-                    )
-                lengths = handle.get_tensor("mask").sum(dim=1).tolist()
+            mapped = memory_map(path)
+            meta = mapped.metadata
+            if meta.get("format") != SLOTS_FORMAT or meta.get("version") != str(SLOTS_VERSION):
+                raise CorpusError(f"{path} is not a leccr slot cache (version {SLOTS_VERSION})", _rebuild())
+            lengths = mapped.tensors["mask"].sum(dim=1).tolist()
             identity = SlotIdentity.from_metadata(meta)
             image_ids = json.loads(meta["image_ids"])
             dtype = meta["dtype"]
-        except (SafetensorError, OSError, KeyError, ValueError) as error:
-            raise CorpusError(f"{path}: unreadable slot cache ({error})", "rebuild it with `leccr build-slots ... --overwrite`") from None
+        except (OSError, KeyError, ValueError) as error:
+            raise CorpusError(f"{path}: unreadable slot cache ({error})", _rebuild()) from None
         return cls(path, identity, image_ids, lengths, dtype)
 
     def __len__(self) -> int:
@@ -209,16 +215,15 @@ class SlotCache:
         try:
             row = self._rows[image_id]
         except KeyError:
-            raise CorpusError(f"{self.path}: no features for {image_id!r}", "rebuild the cache with `leccr build-slots`") from None
+            raise CorpusError(f"{self.path}: no features for {image_id!r}", _rebuild("the cache")) from None
         if self._features is None or self._owner != os.getpid():
-            self._handle = safe_open(str(self.path), framework="pt")
-            self._features = self._handle.get_slice("features")
+            self._features = memory_map(self.path).tensors["features"]
             self._owner = os.getpid()
-        return self._features[row : row + 1, : self.lengths[row]][0]
+        return self._features[row, : self.lengths[row]]
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_handle"] = state["_features"] = state["_owner"] = None
+        state["_features"] = state["_owner"] = None
         return state
 
 
@@ -231,17 +236,16 @@ def open_slot_cache(
     split: str,
     source: str,
     *,
-    rebuild_from: str | Path,
     descriptions: dict[str, str] | None = None,
+    console: Console | None = None,
 ) -> SlotCache | None:
     """The cache that stands in for live description encoding of `split`, or None to encode live.
 
     None unless the model reads descriptions through a frozen description encoder and its
-    `description_features` setting is `auto` or `cache`. With `cache`, a missing or
-    mismatching cache is a `CorpusError` naming what differs and the `leccr build-slots`
-    command (from `rebuild_from`, a recipe file or run folder) that rebuilds it; with `auto`
-    it silently means None. `source` names descriptions/<source>/; `descriptions`
-    (image_id -> text) saves reading them again.
+    `description_features` setting is `auto` or `cache`. With `cache`, a missing cache is a
+    `SlotCacheMissing` and a mismatching one a `SlotCacheStale` (naming what differs); with
+    `auto` either silently means None. A cache in use is said once on `console`. `source`
+    names descriptions/<source>/; `descriptions` (image_id -> text) saves reading them again.
     """
     mode = model.config.description_features
     if mode == "live" or model.description_encoder is None or not model.reads_descriptions:
@@ -254,25 +258,17 @@ def open_slot_cache(
     if not path.is_file():
         if mode == "auto":
             return None
-        raise CorpusError(
-            f"model.description_features is 'cache' but there is no slot cache for this description encoder "
-            f"({path}){_closest_cache(corpus, split, wanted)}",
-            f"build it with `leccr build-slots {rebuild_from} --split {split}`",
-        )
+        raise SlotCacheMissing(split, path, _closest_cache(corpus, split, wanted), model.run_folder)
     cache = SlotCache.open(path)
     differences = cache.identity.differences(wanted)
     if differences:
         if mode == "auto":
             return None
-        raise CorpusError(
-            f"slot cache {path} does not match this model and corpus (what differs: {'; '.join(differences)})",
-            f"rebuild it with `leccr build-slots {rebuild_from} --split {split} --overwrite`",
-        )
+        raise SlotCacheStale(split, path, differences, model.run_folder)
     stamp = (str(path), path.stat().st_mtime)
-    if stamp not in _announced:
+    if stamp not in _announced and console is not None:
         _announced.add(stamp)
-        if is_main_process():
-            err_console.print(f"Description features of {split}: the slot cache {path} ({cache.dtype})")
+        say(console, f"Description features of {split}: the slot cache {path} ({cache.dtype})")
     return cache
 
 
@@ -284,51 +280,12 @@ def _closest_cache(corpus, split: str, wanted: SlotIdentity) -> str:
             differences = SlotCache.open(newest).identity.differences(wanted)
         except CorpusError:
             continue
-        return f"; the newest cache of split {split!r}, {newest}, was built from other inputs (what differs: {'; '.join(differences)})"
+        return (f"; the newest cache of split {split!r}, {newest}, was built from other inputs (what differs: "
+            f"{'; '.join(differences)})")
     return ""
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-class StreamingSafetensors:
-    """A safetensors file whose tensor bytes are written piece by piece at known offsets.
-
-    The format: an 8-byte little-endian header size, a JSON header (padded with spaces so the
-    data starts at a multiple of `align` bytes, 8 at least) giving each tensor's dtype, shape
-    and byte range, then the raw bytes in the order given. The data area is allocated
-    (zero-filled) up front, so unwritten bytes read as zeros.
-    """
-
-    def __init__(self, path: Path, tensors: dict[str, tuple[str, list[int], int]], metadata: dict[str, str], align: int = 8):
-        header: dict = {"__metadata__": metadata}
-        self.offsets: dict[str, int] = {}
-        position = 0
-        for name, (code, shape, itemsize) in tensors.items():
-            size = itemsize
-            for dim in shape:
-                size *= dim
-            header[name] = {"dtype": code, "shape": shape, "data_offsets": [position, position + size]}
-            self.offsets[name] = position
-            position += size
-        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-        raw += b" " * (-(8 + len(raw)) % align)
-        self.handle = open(path, "wb")
-        self.handle.write(struct.pack("<Q", len(raw)) + raw)
-        self.start = 8 + len(raw)
-        self.handle.truncate(self.start + position)
-
-    def write(self, name: str, offset: int, data: bytes) -> None:
-        self.handle.seek(self.start + self.offsets[name] + offset)
-        self.handle.write(data)
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def tensor_bytes(tensor) -> bytes:
-    """The raw bytes of a tensor, in row-major order (as safetensors stores them)."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def write_slot_file(
@@ -392,5 +349,3 @@ def write_slot_file(
             out.write("mask", 0, tensor_bytes(mask))
         finally:
             out.close()
-
-
