@@ -125,3 +125,9 @@ def test_dtype_aliases_name_the_same_dtype():
         ("auto", "auto"),
     ):
         assert parse_dtype(alias) == canonical
+
+
+def test_info_shows_description_coverage(synthetic_corpus):
+    result = runner.invoke(app, ["data", "info", str(synthetic_corpus)])
+    assert result.exit_code == 0, result.output
+    assert "synthetic" in result.output and "90 / 90" in result.output and "15 / 15" in result.output

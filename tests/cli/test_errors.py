@@ -29,12 +29,18 @@ def _message_strings(tree: ast.AST):
     """The string constants an error message can be made of: in `raise` statements, error constructors and errors.py."""
     names = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("Step", "Param", "Given"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("Step", "Param", "Given")
+        ):
             names.add(id(node.args[0]) if node.args else None)  # a step's command, a parameter's name: not text
     for node in ast.walk(tree):
         if isinstance(node, (ast.Raise, ast.Call)):
             called = getattr(getattr(node, "func", None), "id", "") or getattr(getattr(node, "func", None), "attr", "")
-            if isinstance(node, ast.Call) and not (called.endswith(("Error", "Stale", "Missing")) or called in ("parts",)):
+            if isinstance(node, ast.Call) and not (
+                called.endswith(("Error", "Stale", "Missing")) or called in ("parts",)
+            ):
                 continue
             for inner in ast.walk(node):
                 if isinstance(inner, ast.Constant) and isinstance(inner.value, str) and id(inner) not in names:
@@ -64,12 +70,16 @@ def test_a_parameter_reads_as_python_or_as_the_command_s_flag():
 
 def test_a_step_reads_as_its_function_or_as_the_leccr_command(tmp_path):
     error = MissingDescriptions(tmp_path / "c", "llava", ["a", "b"], "image")
-    assert "`caption_corpus`" in str(error) and "`import_descriptions(corpus, SOURCE, 'llava', overwrite=True)`" in str(error)
+    assert "`caption_corpus`" in str(error) and "`import_descriptions(corpus, SOURCE, 'llava', overwrite=True)`" in str(
+        error
+    )
     line = command_line_error(error, "train")
     assert f"`leccr caption {tmp_path / 'c'}`" in line
     assert f"`leccr data import-descriptions {tmp_path / 'c'} SOURCE --name llava --overwrite`" in line
     step = parts("see ", Step("translate", tmp_path, targets="de", splits="train", python="translate_corpus"))
-    assert command_line_error(InvalidArgument("x", 1, step), "train").endswith(f"`leccr translate {tmp_path} --to de --split train`")
+    assert command_line_error(InvalidArgument("x", 1, step), "train").endswith(
+        f"`leccr translate {tmp_path} --to de --split train`"
+    )
 
 
 def test_typed_errors_carry_their_facts(tmp_path):
@@ -94,7 +104,9 @@ def test_select_device_joins_no_process_group():
     assert PartialState._shared_state == before
 
 
-@pytest.mark.parametrize("value, message", [("xpu:0", "--device 'xpu:0' is not supported"), ("nonsense", "is not a device")])
+@pytest.mark.parametrize(
+    "value, message", [("xpu:0", "--device 'xpu:0' is not supported"), ("nonsense", "is not a device")]
+)
 def test_device_errors_name_the_flag(value, message):
     from leccr_cli.utils.devices import check_device
 

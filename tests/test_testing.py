@@ -1,10 +1,8 @@
-"""The tiny model folders load through the same from_pretrained path users take."""
+"""`leccr_cli.testing`: the tiny model folders load through the same from_pretrained path users take."""
 
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from leccr_cli.cli.main import app
 
 
 def test_tiny_clip_vision(tiny_clip_dir):
@@ -48,9 +46,3 @@ def test_tiny_marian_translates(tiny_marian_dir):
     batch = tokenizer(["a red circle on the left", "two men"], return_tensors="pt", padding=True)
     out = model.generate(**batch, max_new_tokens=4)
     assert len(tokenizer.batch_decode(out, skip_special_tokens=True)) == 2
-
-
-def test_info_shows_description_coverage(synthetic_corpus):
-    result = CliRunner().invoke(app, ["data", "info", str(synthetic_corpus)])
-    assert result.exit_code == 0, result.output
-    assert "synthetic" in result.output and "90 / 90" in result.output and "15 / 15" in result.output
