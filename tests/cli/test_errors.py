@@ -39,7 +39,7 @@ def _message_strings(tree: ast.AST):
         if isinstance(node, (ast.Raise, ast.Call)):
             called = getattr(getattr(node, "func", None), "id", "") or getattr(getattr(node, "func", None), "attr", "")
             if isinstance(node, ast.Call) and not (
-                called.endswith(("Error", "Stale", "Missing")) or called in ("parts",)
+                called.endswith(("Error", "Stale", "Missing")) or called in ("parts", "__init__")
             ):
                 continue
             for inner in ast.walk(node):
