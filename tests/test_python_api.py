@@ -55,3 +55,24 @@ def test_library_errors_name_parameters_not_flags(trained_run, synthetic_corpus,
     with pytest.raises(InvalidArgument, match=r"^k=0: must be at least 1$") as caught:
         searcher.search(["ein roter Kreis"], k=0)
     assert (caught.value.name, caught.value.value) == ("k", 0)
+
+
+def test_a_model_saved_before_it_carried_its_preprocessing_reads_it_from_its_run(own_run):
+    import json
+
+    import yaml
+
+    from leccr_cli.model.leccr import Preprocessing
+
+    saved = leccr_cli.load_model(own_run / "model").preprocessing
+    assert saved == Preprocessing(descriptions="synthetic")  # tiny_recipe's description source
+    config = own_run / "model" / "config.json"
+    meta = json.loads(config.read_text())
+    del meta["preprocessing"]  # as models were saved before
+    config.write_text(json.dumps(meta))
+    recipe = yaml.safe_load((own_run / "recipe.yaml").read_text())
+    recipe["data"].update(max_words=7, eval_transform="resize")
+    (own_run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    for model in (leccr_cli.load_model(own_run / "model"), leccr_cli.load_query_model(own_run / "model")):
+        assert model.preprocessing == Preprocessing(max_words=7, eval_transform="resize", descriptions="synthetic")
+        assert model.preprocessing.text_cleaning("One two three four five six seven eight") == "one two three four five six seven"

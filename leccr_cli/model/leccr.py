@@ -443,7 +443,7 @@ class LeccrModel(nn.Module):
     def score(self, text_embeds: torch.Tensor, images: ImageEmbeddings, fusion: float | None = None) -> torch.Tensor:
         """[T, I] similarities: h_t·h_v, or with `fusion` α: α·h_t·h_v + (1 − α)·max_k m̂_k·h_t.
 
-        (The min-max fused scoring of video needs the whole matrices: `metrics.minmax_fused_rows`.)
+        (The min-max fused scoring of video needs the whole matrices: `retrieval.metrics.minmax_fused_rows`.)
         """
         scores = text_embeds @ images.global_embeds.T
         if fusion is None:
