@@ -75,4 +75,5 @@ def test_a_model_saved_before_it_carried_its_preprocessing_reads_it_from_its_run
     (own_run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     for model in (leccr_cli.load_model(own_run / "model"), leccr_cli.load_query_model(own_run / "model")):
         assert model.preprocessing == Preprocessing(max_words=7, eval_transform="resize", descriptions="synthetic")
-        assert model.preprocessing.text_cleaning("One two three four five six seven eight") == "one two three four five six seven"
+        cleaned = model.preprocessing.text_cleaning("One two three four five six seven eight")
+        assert cleaned == "one two three four five six seven"
